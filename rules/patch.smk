@@ -1,0 +1,22 @@
+# Stage "patch" [convert host]: the model's patch recipe (trtflow.patches) on the raw ONNX.
+
+
+rule patch_onnx:
+    input:
+        onnx=ONNX_RAW,
+    output:
+        onnx=ONNX_PATCHED,
+        manifest=manifest(ONNX_PATCHED),
+    log:
+        log_of("patch_onnx"),
+    benchmark:
+        bench_of("patch_onnx")
+    conda:
+        "../envs/trtflow.yaml"
+    resources:
+        host_role=ROLE_CONVERT,
+    params:
+        patch=get_patch_params,
+        code=code_hash("patch", "patches", "manifest"),
+    script:
+        "../scripts/patch_onnx.py"

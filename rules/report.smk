@@ -1,0 +1,25 @@
+# Stage "report" [convert host]: results/summary.csv and results/summary.md.
+
+
+rule render_summary:
+    input:
+        pb_manifests=zoo(manifest(PB)),
+        raw_manifests=zoo(manifest(ONNX_RAW)),
+        patched_manifests=zoo(manifest(ONNX_PATCHED)),
+        parity=zoo(PARITY),
+        bench=zoo(BENCH_ONNX),
+    output:
+        csv=SUMMARY_CSV,
+        md=SUMMARY_MD,
+    log:
+        "logs/render_summary/summary.log",
+    benchmark:
+        "benchmarks/render_summary/summary.tsv"
+    conda:
+        "../envs/trtflow.yaml"
+    resources:
+        host_role=ROLE_CONVERT,
+    params:
+        code=code_hash("summary"),
+    script:
+        "../scripts/render_summary.py"

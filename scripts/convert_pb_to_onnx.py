@@ -1,0 +1,28 @@
+"""Snakemake adapter of rule convert_pb_to_onnx -> trtflow.convert.convert_pb_to_onnx."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.convert import convert_pb_to_onnx
+    from trtflow.export import pb_io
+    from trtflow.runner import run_stage
+
+    def stage():
+        io = pb_io(smk.input.pb_manifest)
+        return convert_pb_to_onnx(
+            smk.input.pb,
+            smk.output.onnx,
+            io["input_name"],
+            io["output_name"],
+            opset=smk.params.opset,
+            manifest_path=smk.output.manifest,
+        )
+
+    run_stage(stage, smk.log[0])
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,28 @@
+"""Snakemake adapter of rule export_pb -> trtflow.export.export_pb."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.export import export_pb
+    from trtflow.runner import run_stage
+
+    m = smk.params.model
+    run_stage(
+        lambda: export_pb(
+            smk.input.source,
+            smk.output.pb,
+            source=m["source"],
+            image_size=m["image_size"],
+            input_name=m["input_name"],
+            output_name=m["output_name"],
+            manifest_path=smk.output.manifest,
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

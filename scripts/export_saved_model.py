@@ -1,0 +1,29 @@
+"""Snakemake adapter of rule export_saved_model -> trtflow.export.export_saved_model."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.export import export_saved_model
+    from trtflow.runner import run_stage
+
+    m = smk.params.model
+    run_stage(
+        lambda: export_saved_model(
+            smk.output.saved_model,
+            source=m["source"],
+            image_size=m["image_size"],
+            variant=m["variant"],
+            classes=m["classes"],
+            seed=m["seed"],
+            path=m["path"],
+            manifest_path=smk.output.manifest,
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

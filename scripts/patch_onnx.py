@@ -1,0 +1,29 @@
+"""Snakemake adapter of rule patch_onnx -> trtflow.patch.patch_onnx."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.patch import patch_onnx
+    from trtflow.runner import run_stage
+
+    p = smk.params.patch
+    run_stage(
+        lambda: patch_onnx(
+            smk.input.onnx,
+            smk.output.onnx,
+            recipe=p["recipe"],
+            image_size=p["image_size"],
+            batch=p["batch"],
+            box_format=p["box_format"],
+            nms=p["nms"],
+            manifest_path=smk.output.manifest,
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

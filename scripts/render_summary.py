@@ -1,0 +1,27 @@
+"""Snakemake adapter of rule render_summary -> trtflow.summary.render_summary."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.runner import run_stage
+    from trtflow.summary import render_summary
+
+    run_stage(
+        lambda: render_summary(
+            smk.output.csv,
+            smk.output.md,
+            pb_manifests=list(smk.input.pb_manifests),
+            raw_manifests=list(smk.input.raw_manifests),
+            patched_manifests=list(smk.input.patched_manifests),
+            parity=list(smk.input.parity),
+            bench=list(smk.input.bench),
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,107 @@
+"""Stage "benchmark_onnx" (convert host): ONNX Runtime CPU latency and throughput."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtflow.manifest import write_json
+
+log = logging.getLogger(__name__)
+
+
+def percentiles(latencies_ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(latencies_ms, dtype=np.float64)
+    return {
+        "mean_ms": float(arr.mean()),
+        "min_ms": float(arr.min()),
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "max_ms": float(arr.max()),
+    }
+
+
+def make_session(model: str | Path | Any, threads: int = 0) -> Any:
+    """An ONNX Runtime CPU session with full graph optimisation and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    data = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def time_callable(fn: Any, warmup: int, iterations: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def input_for(session: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    inp = session.get_inputs()[0]
+    shape = [batch if i == 0 else d for i, d in enumerate(inp.shape)]
+    if not all(isinstance(d, int) for d in shape):
+        raise ValueError(f"input {inp.name} has a dynamic non-batch dimension: {inp.shape}")
+    rng = np.random.default_rng(seed)
+    return {inp.name: rng.random(shape, dtype=np.float32)}
+
+
+def benchmark_onnx(
+    onnx_path: str | Path,
+    out_json: str | Path,
+    batch: int = 1,
+    warmup: int = 5,
+    iterations: int = 30,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Time ONNX Runtime on CPU; EfficientNMS_TRT graphs are timed before the plugin."""
+    import onnx
+
+    from trtflow.patches import strip_nms
+
+    model = onnx.load(str(onnx_path))
+    has_nms = any(n.op_type == "EfficientNMS_TRT" for n in model.graph.node)
+    if has_nms:
+        model = strip_nms(model)
+    session = make_session(model, threads)
+    feed = input_for(session, batch)
+    lat = time_callable(lambda: session.run(None, feed), warmup, iterations)
+    stats = percentiles(lat)
+    report = {
+        "onnx": str(onnx_path),
+        "runtime": "onnxruntime-cpu",
+        "batch": batch,
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "warmup": warmup,
+        "iterations": iterations,
+        "timed_before_nms": has_nms,
+        **stats,
+        "throughput_ips": batch * 1e3 / stats["mean_ms"],
+        "latencies_ms": [round(v, 4) for v in lat],
+    }
+    log.info(
+        "%s b%d: p50 %.2f ms p90 %.2f ms p99 %.2f ms, %.1f img/s",
+        onnx_path,
+        batch,
+        stats["p50_ms"],
+        stats["p90_ms"],
+        stats["p99_ms"],
+        report["throughput_ips"],
+    )
+    write_json(out_json, report)
+    return report

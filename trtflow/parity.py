@@ -1,0 +1,154 @@
+"""Stage "parity" (convert host): TF vs raw ONNX vs patched ONNX on the same inputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtflow.errors import TrtflowError
+from trtflow.manifest import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def make_inputs(batch: int, image_size: int, seed: int = 0) -> np.ndarray:
+    """Deterministic NHWC float32 images in [0, 1] (the same for every stage and host)."""
+    rng = np.random.default_rng(seed)
+    return rng.random((batch, image_size, image_size, 3), dtype=np.float32)
+
+
+def to_layout(x_nhwc: np.ndarray, shape: list[Any]) -> np.ndarray:
+    """Transpose NHWC images to what an ONNX input of ``shape`` expects."""
+    if len(shape) == 4 and shape[1] == 3 and shape[3] != 3:
+        return np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
+    return x_nhwc
+
+
+def errors(actual: np.ndarray, reference: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
+    """max abs / max rel error and an allclose-style verdict: |a-b| <= atol + rtol*|b|."""
+    if actual.shape != reference.shape:
+        raise TrtflowError(
+            f"output shapes differ: {actual.shape} vs reference {reference.shape}",
+            "check the patch recipe (fix_batch / efficient_nms)",
+        )
+    diff = np.abs(actual.astype(np.float64) - reference.astype(np.float64))
+    ref = np.abs(reference.astype(np.float64))
+    rel = diff / np.maximum(ref, atol)
+    bad = diff > atol + rtol * ref
+    return {
+        "max_abs": float(diff.max(initial=0.0)),
+        "max_rel": float(rel.max(initial=0.0)),
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "mismatched": int(bad.sum()),
+        "elements": int(diff.size),
+        "ok": bool(not bad.any()),
+    }
+
+
+def split_detections(y: np.ndarray) -> dict[str, np.ndarray]:
+    """[B,N,5+C] -> boxes [B,N,4] and scores obj*cls [B,N,C] (what efficient_nms feeds)."""
+    return {"boxes": y[..., :4], "scores": y[..., 4:5] * y[..., 5:]}
+
+
+class OnnxRunner:
+    """ONNX Runtime CPU session with one input and named outputs."""
+
+    def __init__(self, path: str | Path | Any) -> None:
+        import onnxruntime as ort
+
+        data = path.SerializeToString() if hasattr(path, "SerializeToString") else str(path)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+        x = to_layout(x_nhwc, list(self.input.shape))
+        return dict(zip(self.outputs, self.session.run(None, {self.input.name: x}), strict=True))
+
+
+def check_parity(
+    pb: str | Path,
+    pb_manifest: str | Path,
+    raw_onnx: str | Path,
+    patched_onnx: str | Path,
+    patched_manifest: str | Path,
+    out_json: str | Path,
+    image_size: int,
+    seed: int = 0,
+    batch: int = 2,
+    atol: float = 1e-3,
+    rtol: float = 1e-4,
+    box_format: str = "pixels",
+) -> dict[str, Any]:
+    """Compare TF, raw ONNX and patched ONNX outputs; raise when beyond tolerance.
+
+    A patched graph that ends in EfficientNMS_TRT is compared before the plugin (boxes and
+    scores), since ONNX Runtime cannot run TensorRT plugins. A source with normalised xywh is
+    scaled to pixels before comparing with a patched graph that has denormalize_boxes.
+    """
+    import onnx
+
+    from trtflow.patches import strip_nms
+    from trtflow.tfgraph import FrozenGraphRunner
+
+    started = time.time()
+    io = read_json(pb_manifest)["io"]
+    pmeta = read_json(patched_manifest)
+    if pmeta.get("options", {}).get("batch") not in (None, "dynamic"):
+        batch = int(pmeta["options"]["batch"])
+    x = make_inputs(batch, image_size, seed)
+    tf_out = FrozenGraphRunner(pb, io["input_name"], io["output_name"])(x)
+    raw_out = list(OnnxRunner(raw_onnx)(x).values())[0]
+
+    reference = tf_out.copy()
+    if box_format == "normalized" and pmeta.get("box_format") == "pixels":
+        reference[..., :4] *= image_size
+    patched_model = onnx.load(str(patched_onnx))
+    compared_before_nms = pmeta.get("has_nms", False)
+    if compared_before_nms:
+        patched_model = strip_nms(patched_model)
+    patched = OnnxRunner(patched_model)(x)
+    if compared_before_nms:
+        ref = split_detections(reference)
+        pairs = {name: (arr, ref[name]) for name, arr in zip(("boxes", "scores"), patched.values(), strict=True)}
+    else:
+        name, arr = next(iter(patched.items()))
+        pairs = {name: (arr, reference)}
+
+    report: dict[str, Any] = {
+        "image_size": image_size,
+        "batch": batch,
+        "seed": seed,
+        "atol": atol,
+        "rtol": rtol,
+        "compared_before_nms": compared_before_nms,
+        "raw_vs_tf": {io["output_name"]: errors(raw_out, tf_out, atol, rtol)},
+        "patched_vs_tf": {k: errors(a, b, atol, rtol) for k, (a, b) in pairs.items()},
+    }
+    report["max_abs"] = max(e["max_abs"] for e in report["patched_vs_tf"].values())
+    report["max_rel"] = max(e["max_rel"] for e in report["patched_vs_tf"].values())
+    report["ok"] = all(e["ok"] for part in ("raw_vs_tf", "patched_vs_tf") for e in report[part].values())
+    report["seconds"] = round(time.time() - started, 3)
+    for part in ("raw_vs_tf", "patched_vs_tf"):
+        for name, e in report[part].items():
+            log.info("%s %s: max_abs %.3g max_rel %.3g mismatched %d/%d",
+                     part, name, e["max_abs"], e["max_rel"], e["mismatched"], e["elements"])  # fmt: skip
+    if not report["ok"]:
+        worst = max(
+            ((p, n, e) for p in ("raw_vs_tf", "patched_vs_tf") for n, e in report[p].items()),
+            key=lambda t: t[2]["mismatched"],
+        )
+        raise TrtflowError(
+            f"parity failed for {patched_onnx}: {worst[0]} output {worst[1]} has "
+            f"{worst[2]['mismatched']} elements beyond atol {atol} + rtol {rtol} "
+            f"(max abs {worst[2]['max_abs']:.3g}, max rel {worst[2]['max_rel']:.3g})",
+            "inspect the patch recipe, or loosen parity.atol/parity.rtol if the drift is expected",
+        )
+    write_json(out_json, report)
+    return report

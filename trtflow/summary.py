@@ -1,0 +1,88 @@
+"""Stage "report": one row per (model, image size) in results/summary.csv and summary.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trtflow.manifest import atomic_path, read_json
+
+COLUMNS = [
+    "model",
+    "source",
+    "image_size",
+    "nodes_raw",
+    "nodes_patched",
+    "parity_max_abs",
+    "parity_max_rel",
+    "cpu_p50_ms",
+    "cpu_batch",
+    "pb_mb",
+    "onnx_raw_mb",
+    "onnx_patched_mb",
+]
+
+
+def _parts(path: str) -> tuple[str, str]:
+    """(model, image size) from results/<stage>/<model>/<imgsz>/..."""
+    p = Path(path).parts
+    i = p.index("results")
+    return p[i + 2], p[i + 3]
+
+
+def collect_rows(
+    pb_manifests: Sequence[str],
+    raw_manifests: Sequence[str],
+    patched_manifests: Sequence[str],
+    parity: Sequence[str],
+    bench: Sequence[str],
+) -> list[dict[str, Any]]:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(path: str) -> dict[str, Any]:
+        key = _parts(path)
+        return rows.setdefault(key, {"model": key[0], "image_size": int(key[1])})
+
+    for p in pb_manifests:
+        m = read_json(p)
+        row(p).update(source=m["options"]["source"], pb_mb=round(m["size_bytes"] / 1e6, 2))
+    for p in raw_manifests:
+        m = read_json(p)
+        row(p).update(nodes_raw=m["nodes"], onnx_raw_mb=round(m["size_bytes"] / 1e6, 2))
+    for p in patched_manifests:
+        m = read_json(p)
+        row(p).update(nodes_patched=m["nodes"], onnx_patched_mb=round(m["size_bytes"] / 1e6, 2))
+    for p in parity:
+        m = read_json(p)
+        row(p).update(parity_max_abs=f"{m['max_abs']:.3g}", parity_max_rel=f"{m['max_rel']:.3g}")
+    for p in bench:  # smallest batch's p50 goes in the table
+        m = read_json(p)
+        r = row(p)
+        if "cpu_batch" not in r or m["batch"] < r["cpu_batch"]:
+            r.update(cpu_p50_ms=round(m["p50_ms"], 2), cpu_batch=m["batch"])
+    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], int(k[1])))]
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    out = io.StringIO()
+    out.write("| " + " | ".join(columns) + " |\n")
+    out.write("|" + "|".join("---" for _ in columns) + "|\n")
+    for r in rows:
+        out.write("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |\n")
+    return out.getvalue()
+
+
+def render_summary(
+    csv_path: str | Path, md_path: str | Path, **manifests: Sequence[str]
+) -> list[dict[str, Any]]:
+    rows = collect_rows(**manifests)
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text("# trtflow summary\n\n" + markdown_table(rows))
+    return rows
