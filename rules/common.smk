@@ -13,13 +13,36 @@ from trtflow.config import validate_config  # noqa: E402
 from trtflow.errors import TrtflowError  # noqa: E402
 
 try:
-    _validated = validate_config(dict(config), source="config")
+    _validated = validate_config(
+        dict(config),
+        source=", ".join(str(f) for f in workflow.configfiles) or "config",
+    )
 except TrtflowError as exc:
     raise WorkflowError(str(exc)) from None
 config.clear()
 config.update(_validated)
 
 MODELS = config["models"]
+
+
+def check_model_paths():
+    """A zoo entry's model file must exist on the host that reads it (not with remote storage)."""
+    if workflow.storage_settings.default_storage_provider:
+        return
+    for name, m in MODELS.items():
+        if m["source"] != "builtin" and not m["path"]:
+            raise WorkflowError(
+                f"config: models.{name}.path is required for source {m['source']} "
+                "— fix: set it to the model file or directory"
+            )
+        if m["path"] and not Path(m["path"]).exists():
+            raise WorkflowError(
+                f"config: models.{name}.path: {m['path']} does not exist "
+                "— fix: point it at the model file (relative to the working directory)"
+            )
+
+
+check_model_paths()
 
 # Host role of every rule: the machine kind it must run on. Profiles route by it
 # (see profiles/ and README "Hosts"); the rules carry it as resources.host_role.

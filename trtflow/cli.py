@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--image-size", type=int, required=True)
     s.add_argument("--batch", type=_batch, default="dynamic")
-    s.add_argument("--recipe", default="nchw_input,fix_batch,rename_io,drop_noops,sanitize,int64_to_int32")
+    s.add_argument(
+        "--recipe", default="nchw_input,fix_batch,rename_io,drop_noops,sanitize,int64_to_int32"
+    )
     s.add_argument("--box-format", default="pixels", choices=["pixels", "normalized"])
 
     s = sub.add_parser("benchmark", help="ONNX Runtime CPU latency of an ONNX")

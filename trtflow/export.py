@@ -33,7 +33,9 @@ def build_keras_model(
         return yolov5.build_yolov5(variant, classes, image_size, seed, weights=path)
     if source == "keras":
         if not path:
-            raise TrtflowError("source keras needs a path", "set models.<name>.path to a .keras file")
+            raise TrtflowError(
+                "source keras needs a path", "set models.<name>.path to a .keras file"
+            )
         import keras
 
         try:
@@ -152,23 +154,25 @@ def export_pb(
         raise TrtflowError(
             f"{source_path}: model file not found", "check models.<name>.path in config"
         )
+    if source == "pb":
+        gd = tfgraph.read_graph_def(source_path)
+    else:
+        if not source_path.is_dir():
+            raise TrtflowError(
+                f"{source_path}: a SavedModel is a directory, this is a file",
+                "use source: pb for a frozen graph file",
+            )
+        gd, ins, outs = _freeze_saved_model(source_path)
+        log.info("froze %s: inputs %s outputs %s", source_path, ins, outs)
+    chosen_in, chosen_out = tfgraph.resolve_io(gd, input_name, output_name, str(source_path))
+    io = tfgraph.describe_io(gd, chosen_in, chosen_out)
+    _check_image_size(io, image_size, source_path)
     out_pb = Path(out_pb)
     with atomic_path(out_pb) as tmp:
         if source == "pb":
             shutil.copyfile(source_path, tmp)
         else:
-            if not source_path.is_dir():
-                raise TrtflowError(
-                    f"{source_path}: a SavedModel is a directory, this is a file",
-                    "use source: pb for a frozen graph file",
-                )
-            gd, ins, outs = _freeze_saved_model(source_path)
-            log.info("froze %s: inputs %s outputs %s", source_path, ins, outs)
             tmp.write_bytes(gd.SerializeToString())
-        gd = tfgraph.read_graph_def(tmp)
-        chosen_in, chosen_out = tfgraph.resolve_io(gd, input_name, output_name, str(source_path))
-        io = tfgraph.describe_io(gd, chosen_in, chosen_out)
-        _check_image_size(io, image_size, source_path)
     log.info(
         "contract: input %s %s (%s), output %s %s",
         io.input_name,

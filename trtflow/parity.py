@@ -116,7 +116,10 @@ def check_parity(
     patched = OnnxRunner(patched_model)(x)
     if compared_before_nms:
         ref = split_detections(reference)
-        pairs = {name: (arr, ref[name]) for name, arr in zip(("boxes", "scores"), patched.values(), strict=True)}
+        pairs = {
+            name: (arr, ref[name])
+            for name, arr in zip(("boxes", "scores"), patched.values(), strict=True)
+        }
     else:
         name, arr = next(iter(patched.items()))
         pairs = {name: (arr, reference)}
@@ -133,7 +136,9 @@ def check_parity(
     }
     report["max_abs"] = max(e["max_abs"] for e in report["patched_vs_tf"].values())
     report["max_rel"] = max(e["max_rel"] for e in report["patched_vs_tf"].values())
-    report["ok"] = all(e["ok"] for part in ("raw_vs_tf", "patched_vs_tf") for e in report[part].values())
+    report["ok"] = all(
+        e["ok"] for part in ("raw_vs_tf", "patched_vs_tf") for e in report[part].values()
+    )
     report["seconds"] = round(time.time() - started, 3)
     for part in ("raw_vs_tf", "patched_vs_tf"):
         for name, e in report[part].items():

@@ -135,7 +135,7 @@ def describe_io(gd: Any, input_name: str, output_name: str) -> GraphIO:
 
 
 class FrozenGraphRunner:
-    """Run a frozen GraphDef with TF2's wrap_function + prune (Polygraphy's TF backend is TF1-only)."""
+    """Run a frozen GraphDef via TF2 wrap_function + prune (Polygraphy's TF backend is TF1-only)."""
 
     def __init__(self, pb: str | Path, input_name: str, output_name: str) -> None:
         import tensorflow as tf

@@ -1,0 +1,101 @@
+"""Shared fixtures: run the real workflow in a temp working directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def tiny_model(**overrides):
+    """A builtin YOLOv5n at 64x64 with 2 classes: the whole chain in seconds."""
+    entry = {
+        "source": "builtin",
+        "variant": "n",
+        "classes": 2,
+        "seed": 0,
+        "image_sizes": [64],
+        "batch": "dynamic",
+        "patches": [
+            "nchw_input",
+            "fix_batch",
+            "rename_io",
+            "drop_noops",
+            "sanitize",
+            "int64_to_int32",
+        ],
+    }
+    entry.update(overrides)
+    return entry
+
+
+def tiny_config(models=None, **top):
+    cfg = {
+        "models": models or {"tiny": tiny_model()},
+        "benchmark": {"warmup": 1, "iterations": 3, "threads": 1},
+        "parity": {"batch": 1},
+        "batch_sizes": [1],
+    }
+    cfg.update(top)
+    return cfg
+
+
+class Workdir:
+    """A working directory with a config.yaml, driven by the real ``snakemake`` CLI."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write_config(self, cfg) -> None:
+        (self.path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    def snakemake(self, *args: str, check: bool = True, timeout: int = 900):
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+               "-d", str(self.path), "--cores", "2", *args]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+            )
+        return proc
+
+    def planned_jobs(self, *targets: str) -> dict[str, int]:
+        """Rule -> job count that a dry run would execute (empty dict = nothing to do)."""
+        proc = self.snakemake("-n", *targets)
+        text = proc.stdout + proc.stderr
+        if "Nothing to be done" in text:
+            return {}
+        stats = text.split("Job stats:")[1]
+        counts = {}
+        for line in stats.splitlines()[3:]:
+            m = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+            if not m:
+                break
+            counts[m.group(1)] = int(m.group(2))
+        counts.pop("total", None)
+        return counts
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Workdir:
+    return Workdir(tmp_path)
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "trtflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )

@@ -1,0 +1,101 @@
+"""Config validation: every bad value fails at parse time with one line naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import REPO, tiny_config, tiny_model
+
+from trtflow.config import load_config, validate_config
+from trtflow.errors import TrtflowError
+
+
+def test_default_config_is_valid_and_defaults_filled():
+    cfg = load_config(REPO / "config.yaml")
+    assert cfg["onnx"]["opset"] == 17
+    for m in cfg["models"].values():
+        assert all(s % 32 == 0 for s in m["image_sizes"])
+        assert m["source"] == "builtin"
+
+
+BAD = [
+    # (what, config change, words the message must contain)
+    (
+        "unknown config key",
+        lambda c: c.update(colour="blue"),
+        ["unknown key 'colour'", "remove it"],
+    ),
+    (
+        "unknown model key",
+        lambda c: c["models"]["tiny"].update(imgsz=64),
+        ["models.tiny", "'imgsz'"],
+    ),
+    (
+        "unknown patch",
+        lambda c: c["models"]["tiny"]["patches"].append("fold_all"),
+        ["models.tiny.patches[6]", "'fold_all'", "nchw_input"],
+    ),
+    ("opset 19", lambda c: c.update(onnx={"opset": 19}), ["onnx.opset", "19", "<= 18"]),
+    (
+        "image size",
+        lambda c: c["models"]["tiny"].update(image_sizes=[100]),
+        ["models.tiny.image_sizes[0]", "not a multiple of 32", "96 or 128"],
+    ),
+    (
+        "precision",
+        lambda c: c.update(precisions=["fp32", "fp8"]),
+        ["precisions[1]", "'fp8'", "fp16"],
+    ),
+    ("batch 0", lambda c: c.update(batch_sizes=[0]), ["batch_sizes[0]", ">= 1"]),
+    ("negative model batch", lambda c: c["models"]["tiny"].update(batch=-2), ["models.tiny.batch"]),
+    (
+        "bad source",
+        lambda c: c["models"]["tiny"].update(source="torch"),
+        ["models.tiny.source", "'torch'"],
+    ),
+]
+
+
+@pytest.mark.parametrize("what,change,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_fails_naming_the_key(what, change, words):
+    cfg = tiny_config()
+    change(cfg)
+    with pytest.raises(TrtflowError) as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+    assert "fix:" in msg
+
+
+@pytest.mark.parametrize("what,change,words", BAD[:7], ids=[b[0] for b in BAD[:7]])
+def test_bad_config_fails_the_workflow_in_the_first_second(workdir, what, change, words):
+    """Through the real snakemake CLI: exit != 0, the message, nothing created."""
+    cfg = tiny_config()
+    change(cfg)
+    workdir.write_config(cfg)
+    proc = workdir.snakemake("-n", check=False, timeout=120)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    for w in words:
+        assert w in out, (w, out[-3000:])
+    assert not (workdir.path / "results").exists()
+
+
+def test_valid_model_batch_forms():
+    for batch in ("dynamic", 1, 8):
+        cfg = validate_config(tiny_config({"m": tiny_model(batch=batch)}))
+        assert cfg["models"]["m"]["batch"] == batch
+
+
+def test_cli_validate_config(tmp_path):
+    from conftest import run_cli
+
+    bad = tiny_config()
+    bad["models"]["tiny"]["image_sizes"] = [33]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    proc = run_cli("validate-config", str(path))
+    assert proc.returncode == 1
+    assert "image_sizes[0]: 33 is not a multiple of 32" in proc.stderr
