@@ -142,8 +142,10 @@ def check_parity(
     report["seconds"] = round(time.time() - started, 3)
     for part in ("raw_vs_tf", "patched_vs_tf"):
         for name, e in report[part].items():
-            log.info("%s %s: max_abs %.3g max_rel %.3g mismatched %d/%d",
-                     part, name, e["max_abs"], e["max_rel"], e["mismatched"], e["elements"])  # fmt: skip
+            log.info(
+                "%s %s: max_abs %.3g max_rel %.3g mismatched %d/%d",
+                *(part, name, e["max_abs"], e["max_rel"], e["mismatched"], e["elements"]),
+            )
     if not report["ok"]:
         worst = max(
             ((p, n, e) for p in ("raw_vs_tf", "patched_vs_tf") for n, e in report[p].items()),
