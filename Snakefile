@@ -16,6 +16,8 @@ include: "rules/patch.smk"
 include: "rules/parity.smk"
 include: "rules/benchmark.smk"
 include: "rules/report.smk"
+include: "rules/quantize.smk"
+include: "rules/engine.smk"
 
 
 rule all:
@@ -23,6 +25,7 @@ rule all:
     input:
         zoo(PARITY),
         zoo(BENCH_ONNX),
+        int8_zoo(INT8_GATE, BENCH_INT8),
         SUMMARY_CSV,
         SUMMARY_MD,
 
@@ -51,3 +54,22 @@ rule report:
     input:
         SUMMARY_CSV,
         SUMMARY_MD,
+
+
+rule int8:
+    input:
+        zoo(INT8_QDQ),
+        trt_cache_zoo(),
+        zoo(INT8_GATE),
+        zoo(BENCH_INT8),
+
+
+rule engine:
+    input:
+        get_engine_outputs,
+
+
+# The convert host's share of the engine stage (profiles/convert), before the device builds.
+rule preflight:
+    input:
+        get_preflight_outputs,

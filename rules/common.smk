@@ -50,11 +50,23 @@ ROLE_TRAIN = "train"
 ROLE_CONVERT = "convert"
 ROLE_TARGET = "target"
 
+# profiles/s3 and the host profiles name the bucket as $TRTFLOW_BUCKET, which Snakemake expands
+# when it reads the profile; left unexpanded, boto3 would fail later with a regex dump.
+_storage_prefix = str(getattr(workflow.storage_settings, "default_storage_prefix", "") or "")
+if "$" in _storage_prefix:
+    raise WorkflowError(
+        f"default-storage-prefix {_storage_prefix!r} names an unset environment variable; "
+        "fix: export TRTFLOW_BUCKET=<your bucket> (README \"Hosts\")"
+    )
+
 
 wildcard_constraints:
     model="|".join(sorted(MODELS)) or "NO_MODEL",
     imgsz=r"\d+",
     batch=r"\d+",
+    target="|".join(sorted(config["targets"])) or "NO_TARGET",
+    precision="fp32|fp16|int8|best",
+    profile=r"b\d+(-\d+-\d+)?",
 
 
 # ---------------------------------------------------------------- code that scripts import
@@ -106,7 +118,7 @@ SUMMARY_MD = "results/summary.md"
 
 def manifest(path):
     """The manifest written next to an artifact."""
-    return path + ".manifest.json"
+    return f"{path}.manifest.json"
 
 
 def log_of(stage, wildcards="{model}/{imgsz}"):
@@ -164,3 +176,196 @@ def get_patch_params(wildcards):
 def get_parity_params(wildcards):
     m = MODELS[wildcards.model]
     return {**config["parity"], "box_format": m["box_format"], "image_size": int(wildcards.imgsz)}
+
+
+# ---------------------------------------------------------------- INT8 (rules/quantize.smk)
+SAMPLE_IMAGES = "results/sample_images/builtin"
+CALIB = "results/calib/{model}/{imgsz}/calib.npy"
+CALIB_HOLDOUT = "results/calib/{model}/{imgsz}/holdout.npy"
+INT8_QDQ = "results/int8/{model}/{imgsz}/model.qdq.onnx"
+INT8_RANGES = "results/int8/{model}/{imgsz}/ranges.json"
+INT8_TRT_CACHE = "results/int8/{model}/{imgsz}/calib_trt{trt}.cache"
+INT8_GATE = "results/int8_gate/{model}/{imgsz}/gate.json"
+BENCH_INT8 = "results/benchmark_int8/{model}/{imgsz}/b{batch}.json"
+
+
+def int8_zoo(*patterns):
+    """Expansions that `all` and the summary include only when int8.enabled is true."""
+    if not config["int8"]["enabled"]:
+        return []
+    return [p for pattern in patterns for p in zoo(pattern)]
+
+
+def trt_cache_zoo():
+    """One TensorRT calibration cache per (model, image size, int8.trt_cache_versions)."""
+    return [p for v in config["int8"]["trt_cache_versions"] for p in zoo(INT8_TRT_CACHE, trt=v)]
+
+
+def get_calibration_images(wildcards):
+    """The calibration image folder: calibration.images, or the built-in generated scenes."""
+    return config["calibration"]["images"] or SAMPLE_IMAGES
+
+
+def get_calibration_listing(wildcards):
+    """Names, sizes and mtimes of the folder's images (a param: a changed file reruns)."""
+    folder = config["calibration"]["images"]
+    if not folder or not Path(folder).is_dir():
+        return "builtin" if not folder else "missing"
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def get_calibration_params(wildcards):
+    c = config["calibration"]
+    return {k: c[k] for k in ("count", "holdout", "seed", "sampling")} | {
+        "image_size": int(wildcards.imgsz)
+    }
+
+
+def get_int8_gate_inputs(wildcards):
+    """The labelled COCO-format set of the gate, when int8.gate names one."""
+    g = config["int8"]["gate"]
+    if g["eval_annotations"] and not g["eval_images"]:
+        raise WorkflowError(
+            "int8.gate.eval_annotations is set but int8.gate.eval_images is not; "
+            "fix: set eval_images to the folder holding the annotated images"
+        )
+    if g["eval_annotations"]:
+        return {"eval_images": g["eval_images"], "eval_annotations": g["eval_annotations"]}
+    return {}
+
+
+# ---------------------------------------------------------------- engines (TensorRT targets)
+# Pure lookups in the config: no TensorRT import, so `snakemake -n engine` works on any host.
+from trtflow.targets import (  # noqa: E402
+    HOW_TO_CONFIGURE,
+    build_relevant,
+    parse_profile,
+    profile_name,
+)
+
+TARGETS = config["targets"]
+ENGINE = "results/engine/{target}/{model}/{imgsz}/{precision}/{profile}.engine"
+ENGINE_BENCH = (
+    "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
+)
+ENGINE_PARITY = (
+    "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
+)
+PREFLIGHT = "results/preflight/{target}/{model}/{imgsz}/preflight.json"
+# Per-target timing cache: a cache shared by that target's builds (not an artifact).
+TIMING_CACHE = "results/timing_cache/{target}.cache"
+ENGINE_WILDCARDS = "{target}/{model}/{imgsz}/{precision}/{profile}"
+
+
+def target_precisions(target):
+    """The config's precisions this target supports (e.g. the Jetson Nano has no int8)."""
+    return [p for p in config["precisions"] if p in TARGETS[target]["precisions"]]
+
+
+def batch_profiles(model):
+    """Static b<N> per batch size; dynamic b<min>-<opt>-<max> profiles for a dynamic ONNX."""
+    out = [profile_name(b, b, b) for b in model_batch_sizes(model)]
+    if MODELS[model]["batch"] == "dynamic":
+        for p in config["engine"]["dynamic_profiles"]:
+            out.append(profile_name(p["min"], p["opt"], p["max"]))
+    return list(dict.fromkeys(out))
+
+
+def engine_zoo(pattern):
+    """Expand over targets x models x image sizes x supported precisions x batch profiles."""
+    out = []
+    for target in TARGETS:
+        for model in MODELS:
+            for imgsz in model_image_sizes(model):
+                for precision in target_precisions(target):
+                    for profile in batch_profiles(model):
+                        out.append(
+                            pattern.format(
+                                target=target,
+                                model=model,
+                                imgsz=imgsz,
+                                precision=precision,
+                                profile=profile,
+                            )
+                        )
+    return out
+
+
+def get_engine_outputs(wildcards):
+    """Inputs of the engine target; one clear message when no target is configured."""
+    if not TARGETS:
+        raise WorkflowError(
+            f"no TensorRT target is configured — fix: {HOW_TO_CONFIGURE}"
+        )
+    return engine_zoo(ENGINE) + engine_zoo(ENGINE_BENCH) + engine_zoo(ENGINE_PARITY)
+
+
+def get_preflight_outputs(wildcards):
+    """Inputs of the preflight target: the convert host's checks, one per target x model x size."""
+    return list(dict.fromkeys(engine_zoo(PREFLIGHT)))
+
+
+def get_target_params(wildcards):
+    """What of the target changes its engines (rerun trigger); how to reach it is read
+    from the config at run time, so a new address does not rebuild anything."""
+    return build_relevant(TARGETS[wildcards.target])
+
+
+def get_preflight_params(wildcards):
+    dynamic = any(
+        parse_profile(p)["min"] != parse_profile(p)["max"]
+        for p in batch_profiles(wildcards.model)
+    )
+    return {
+        "tensorrt": str(TARGETS[wildcards.target]["tensorrt"]),
+        "dynamic": dynamic,
+        "patches": MODELS[wildcards.model]["patches"],
+    }
+
+
+def get_build_params(wildcards):
+    return {
+        "precision": wildcards.precision,
+        "profile": parse_profile(wildcards.profile),
+        "image_size": int(wildcards.imgsz),
+        "timing_cache": bool(TARGETS[wildcards.target]["timing_cache"]),
+    }
+
+
+def get_int8_inputs(wildcards):
+    """Calibration cache / Q/DQ ONNX of a model (int8 and best); a clear error without one."""
+    if wildcards.precision not in ("int8", "best"):
+        return {}
+    spec = config["engine"]["int8"].get(wildcards.model, {})
+    paths = {
+        k: spec[k].format(model=wildcards.model, imgsz=wildcards.imgsz)
+        for k in ("calibration_cache", "qdq_onnx")
+        if spec.get(k)
+    }
+    if not paths and wildcards.precision == "int8":
+        raise WorkflowError(
+            f"{wildcards.precision} engine of model {wildcards.model} on target "
+            f"{wildcards.target} needs a calibration cache or a Q/DQ ONNX — fix: set "
+            f"engine.int8.{wildcards.model}.calibration_cache or .qdq_onnx, or remove int8 "
+            f"from precisions / targets.{wildcards.target}.precisions"
+        )
+    return paths
+
+
+def get_timing_cache(wildcards):
+    if TARGETS[wildcards.target]["timing_cache"]:
+        return TIMING_CACHE.format(target=wildcards.target)
+    return None
+
+
+def get_benchmark_engine_params(wildcards):
+    return dict(config["engine"]["benchmark"])
+
+
+def get_engine_tolerance(wildcards):
+    return config["engine"]["parity"]["tolerance"][wildcards.precision]

@@ -65,6 +65,64 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--iterations", type=int, default=30)
     s.add_argument("--threads", type=int, default=0)
 
+    _engine_parsers(sub)
+    s = sub.add_parser("sample-images", help="write the built-in generated calibration scenes")
+    s.add_argument("--out", required=True)
+    s.add_argument("--count", type=int, default=24)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("calibrate", help="image folder -> calibration + held-aside arrays (.npy)")
+    s.add_argument("--images", required=True, help="folder of JPEG/PNG images")
+    s.add_argument("--out", required=True, help="calibration array (.npy)")
+    s.add_argument("--holdout-out", required=True, help="held-aside array (.npy)")
+    s.add_argument("--image-size", type=int, required=True)
+    s.add_argument("--count", type=int, default=16)
+    s.add_argument("--holdout", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sampling", default="random", choices=["random", "sorted", "spread"])
+
+    s = sub.add_parser("quantize", help="patched ONNX -> Q/DQ INT8 ONNX (ONNX Runtime PTQ)")
+    s.add_argument("--onnx", required=True)
+    s.add_argument("--calib", required=True, help="calibration array from `trtflow calibrate`")
+    s.add_argument("--out", required=True)
+    s.add_argument("--ranges-out", required=True, help="activation ranges (JSON)")
+    s.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    s.add_argument("--percentile", type=float, default=99.999)
+    s.add_argument("--quantize-decode", action="store_true", help="quantize the decode too")
+    s.add_argument("--quantize-head-convs", action="store_true")
+    s.add_argument("--float-node", action="append", default=[], help="node-name glob kept float")
+
+    s = sub.add_parser("trt-cache", help="ranges JSON -> TensorRT implicit-INT8 calibration cache")
+    s.add_argument("--ranges", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--trt-version", required=True, help="e.g. 8.6.1")
+    s.add_argument("--algorithm", default="EntropyCalibration2")
+
+    s = sub.add_parser("int8-gate", help="INT8 vs fp32 accuracy gate on held-aside images")
+    s.add_argument("--fp32", required=True)
+    s.add_argument("--int8", required=True)
+    s.add_argument("--holdout", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--score-threshold", type=float, default=0.25)
+    s.add_argument("--top-k", type=int, default=100)
+    s.add_argument("--iou-threshold", type=float, default=0.45)
+    s.add_argument("--max-detections", type=int, default=300)
+    s.add_argument("--min-map50-vs-fp32", type=float, default=0.1)
+    s.add_argument("--eval-images")
+    s.add_argument("--eval-annotations")
+    s.add_argument("--eval-count", type=int, default=0)
+    s.add_argument("--max-map-drop", type=float, default=0.02)
+    s.add_argument("--threads", type=int, default=0)
+
+    s = sub.add_parser("benchmark-int8", help="INT8 vs fp32 ONNX Runtime CPU latency, side by side")
+    s.add_argument("--fp32", required=True)
+    s.add_argument("--int8", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--iterations", type=int, default=20)
+    s.add_argument("--threads", type=int, default=0)
+
     sub.add_parser("patches", help="list the available patches")
     s = sub.add_parser("validate-config", help="validate a config file against the schema")
     s.add_argument("config")
@@ -82,6 +140,56 @@ def _pb_names(pb: str, input_name: str | None, output_name: str | None) -> tuple
         io = read_json(man)["io"]
         return io["input_name"], io["output_name"]
     return tfgraph.resolve_io(tfgraph.read_graph_def(pb), input_name, output_name, pb)
+
+
+INT8_COMMANDS = (
+    "sample-images",
+    "calibrate",
+    "quantize",
+    "trt-cache",
+    "int8-gate",
+    "benchmark-int8",
+)
+
+
+def _dispatch_int8(args: argparse.Namespace) -> Any:
+    cmd = args.command
+    if cmd == "sample-images":
+        from trtflow.calib import make_sample_images
+
+        return make_sample_images(args.out, args.count, args.seed)
+    if cmd == "calibrate":
+        from trtflow.calib import make_calibration_data
+
+        return make_calibration_data(
+            args.images, args.out, args.holdout_out, args.image_size, args.count, args.holdout,
+            args.seed, args.sampling,
+        )  # fmt: skip
+    if cmd == "quantize":
+        from trtflow.quantize import quantize_onnx
+
+        return quantize_onnx(
+            args.onnx, args.calib, args.out, args.ranges_out, args.method, args.percentile,
+            not args.quantize_decode, not args.quantize_head_convs, args.float_node,
+        )  # fmt: skip
+    if cmd == "trt-cache":
+        from trtflow.quantize import write_trt_calibration_cache
+
+        return write_trt_calibration_cache(args.ranges, args.out, args.trt_version, args.algorithm)
+    if cmd == "int8-gate":
+        from trtflow.int8_gate import check_int8_accuracy
+
+        return check_int8_accuracy(
+            args.fp32, args.int8, args.holdout, args.out, args.score_threshold, args.top_k,
+            args.iou_threshold, args.max_detections, args.min_map50_vs_fp32, args.eval_images,
+            args.eval_annotations, args.eval_count, args.max_map_drop, args.threads,
+        )  # fmt: skip
+    from trtflow.int8_bench import benchmark_int8
+
+    report = benchmark_int8(
+        args.fp32, args.int8, args.out, args.batch, args.warmup, args.iterations, args.threads
+    )
+    return {k: v for k, v in report.items() if k not in ("latencies_ms", "stats")}
 
 
 def dispatch(args: argparse.Namespace) -> Any:
@@ -118,6 +226,8 @@ def dispatch(args: argparse.Namespace) -> Any:
         return benchmark_onnx(
             args.onnx, args.out, args.batch, args.warmup, args.iterations, args.threads
         )
+    if cmd in INT8_COMMANDS:
+        return _dispatch_int8(args)
     if cmd == "patches":
         from trtflow.patches import describe_patches
 
@@ -130,7 +240,82 @@ def dispatch(args: argparse.Namespace) -> Any:
         load_config(args.config)
         print(f"{args.config}: valid")
         return None
+    if cmd in ENGINE_COMMANDS:
+        return _engine_dispatch(args)
     raise AssertionError(cmd)
+
+
+# ---------------------------------------------------------------- engine stage (TensorRT targets)
+ENGINE_COMMANDS = ("preflight", "build-engine", "benchmark-engine", "check-engine-parity")
+
+
+def _engine_parsers(sub: Any) -> None:
+    def target_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--config", default="config.yaml", help="config with the targets table")
+        s.add_argument("--target", required=True, help="a name under targets:")
+
+    s = sub.add_parser("preflight", help="check a patched ONNX against a TensorRT version")
+    s.add_argument("--onnx", required=True)
+    s.add_argument("--tensorrt", required=True, help='e.g. "8.2.1" or "10.3"')
+    s.add_argument("--dynamic", action="store_true", help="a dynamic batch profile is built")
+    s.add_argument("--out", help="write the JSON report here")
+
+    s = sub.add_parser("build-engine", help="patched ONNX -> TensorRT engine on a target")
+    target_args(s)
+    s.add_argument("--onnx", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8", "best"])
+    s.add_argument("--profile", default="b1", help="b<N> (static) or b<min>-<opt>-<max>")
+    s.add_argument("--image-size", type=int, required=True)
+    s.add_argument("--timing-cache")
+    s.add_argument("--calibration-cache")
+    s.add_argument("--qdq-onnx")
+
+    s = sub.add_parser("benchmark-engine", help="time an engine on its target (trtexec)")
+    target_args(s)
+    s.add_argument("--engine", required=True, help="engine with its .manifest.json next to it")
+    s.add_argument("--out", required=True)
+    s.add_argument("--warmup-ms", type=int, default=200)
+    s.add_argument("--iterations", type=int, default=100)
+    s.add_argument("--duration-s", type=int, default=0)
+    s.add_argument("--use-cuda-graph", action="store_true")
+    s.add_argument("--no-data-transfers", action="store_true")
+
+    s = sub.add_parser("check-engine-parity", help="engine outputs vs ONNX Runtime")
+    target_args(s)
+    s.add_argument("--engine", required=True, help="engine with its .manifest.json next to it")
+    s.add_argument("--onnx", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+
+
+def _engine_dispatch(args: argparse.Namespace) -> Any:
+    from trtflow import engine
+    from trtflow.config import load_config
+    from trtflow.preflight import preflight
+    from trtflow.targets import target_spec
+
+    if args.command == "preflight":
+        return preflight(args.onnx, args.out, args.tensorrt, dynamic=args.dynamic)
+    config = load_config(args.config)
+    spec = target_spec(config["targets"], args.target)
+    if args.command == "build-engine":
+        return engine.build_engine(
+            args.onnx, args.out, target=args.target, spec=spec, precision=args.precision,
+            profile=args.profile, image_size=args.image_size, timing_cache=args.timing_cache,
+            calibration_cache=args.calibration_cache, qdq_onnx=args.qdq_onnx,
+        )  # fmt: skip
+    manifest = f"{args.engine}.manifest.json"
+    if args.command == "benchmark-engine":
+        return engine.benchmark_engine(
+            args.engine, manifest, args.out, target=args.target, spec=spec,
+            warmup_ms=args.warmup_ms, iterations=args.iterations, duration_s=args.duration_s,
+            use_cuda_graph=args.use_cuda_graph, no_data_transfers=args.no_data_transfers,
+        )  # fmt: skip
+    return engine.check_engine_parity(
+        args.engine, manifest, args.onnx, args.out, target=args.target, spec=spec,
+        tolerance=config["engine"]["parity"]["tolerance"], seed=args.seed,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,29 @@
+"""Snakemake adapter of rule check_engine_parity -> trtflow.engine.check_engine_parity."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.engine import check_engine_parity
+    from trtflow.runner import run_stage
+
+    target = smk.wildcards.target
+    run_stage(
+        lambda: check_engine_parity(
+            smk.input.engine,
+            smk.input.manifest,
+            smk.input.onnx,
+            smk.output.report,
+            target=target,
+            spec=smk.config["targets"][target],
+            tolerance={smk.wildcards.precision: dict(smk.params.tolerance)},
+            seed=smk.params.seed,
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,27 @@
+"""Snakemake adapter of rule preflight_engine -> trtflow.preflight.preflight."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.preflight import preflight
+    from trtflow.runner import run_stage
+
+    p = smk.params.preflight
+    run_stage(
+        lambda: preflight(
+            smk.input.onnx,
+            smk.output.report,
+            tensorrt=p["tensorrt"],
+            target=smk.wildcards.target,
+            dynamic=p["dynamic"],
+            patches=p["patches"],
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,335 @@
+"""Static checks of a patched ONNX against a target's TensorRT version, on the CPU host.
+
+Run before anything is shipped to a device: an engine build that fails after an hour of
+copying and tactic timing on a Jetson is the expensive way to learn that an operator is
+missing. Every failing check names the node, the reason and the patch (trtflow.patches) that
+fixes it. The operator facts are data files (trtflow/data/onnx_trt_ops_<version>.txt, from
+onnx-tensorrt's published support tables; their headers say exactly where each came from).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from trtflow.errors import TrtflowError
+from trtflow.manifest import sha256_path, write_json
+from trtflow.targets import (
+    PLUGIN_PATCH,
+    PLUGINS_SINCE,
+    parse_version,
+    plugin_available,
+)
+
+log = logging.getLogger(__name__)
+
+DATA = Path(__file__).resolve().parent / "data"
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# Inputs where an INT64 value beyond INT32 is harmless once clamped ("to the end" sentinels).
+_CLAMP_SAFE = {("Slice", 1), ("Slice", 2)}
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" or "warning"
+    check: str
+    node: str
+    op: str
+    reason: str
+    patch: str | None  # the trtflow.patches patch that fixes it
+
+    def line(self) -> str:
+        fix = f" — fix: add patch {self.patch}" if self.patch else ""
+        if self.patch and self.patch.startswith("remove "):
+            fix = f" — fix: {self.patch}"
+        return f"node {self.node!r} ({self.op}): {self.reason}{fix}"
+
+
+@cache
+def ops_tables() -> dict[tuple[int, ...], frozenset[str]]:
+    """{version: operators} from trtflow/data/onnx_trt_ops_<version>.txt."""
+    out = {}
+    for f in sorted(DATA.glob("onnx_trt_ops_*.txt")):
+        version = tuple(int(p) for p in f.stem.removeprefix("onnx_trt_ops_").split("."))
+        ops = {ln.split("#")[0].strip() for ln in f.read_text(encoding="utf-8").splitlines()}
+        out[version] = frozenset(o for o in ops if o)
+    return out
+
+
+def ops_table_for(version: str) -> tuple[str | None, frozenset[str] | None]:
+    """The newest operator table whose version is <= ``version`` (None if none is)."""
+    v = parse_version(version)
+    best = None
+    for tv in sorted(ops_tables()):
+        if tv <= v:
+            best = tv
+    if best is None:
+        return None, None
+    return ".".join(map(str, best)), ops_tables()[best]
+
+
+def _initializers(model: Any) -> dict[str, Any]:
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:  # Constant nodes count as initializers for the parser
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            inits[node.output[0]] = node.attribute[0].t
+    return inits
+
+
+def check_operators(model: Any, version: str) -> list[Finding]:
+    table_version, ops = ops_table_for(version)
+    findings = []
+    for node in model.graph.node:
+        op = node.op_type
+        name = node.name or f"<{op} -> {node.output[0] if node.output else '?'}>"
+        if op in PLUGINS_SINCE or node.domain not in ("", "ai.onnx"):
+            ok = plugin_available(op, version)
+            if ok is None:
+                findings.append(
+                    Finding(
+                        "error",
+                        "plugin",
+                        name,
+                        op,
+                        f"custom op {op} (domain {node.domain!r}) is neither an ONNX operator "
+                        f"nor a plugin that ships with TensorRT {version}",
+                        None,
+                    )
+                )
+            elif not ok:
+                since = ".".join(map(str, PLUGINS_SINCE[op]))
+                patch = PLUGIN_PATCH.get(op)
+                findings.append(
+                    Finding(
+                        "error",
+                        "plugin",
+                        name,
+                        op,
+                        f"plugin {op} ships with TensorRT >= {since}, the target has {version}",
+                        f"remove patch {patch} from models.<name>.patches" if patch else None,
+                    )
+                )
+            continue
+        if ops is not None and op not in ops:
+            findings.append(
+                Finding(
+                    "error",
+                    "operator",
+                    name,
+                    op,
+                    f"{op} is not supported by the ONNX parser of TensorRT {version} "
+                    f"(onnx-tensorrt support table {table_version})",
+                    "sanitize",
+                )
+            )
+    if ops is None:
+        log.warning(
+            "no operator table for TensorRT %s (tables: %s); operators not checked",
+            version,
+            ", ".join(".".join(map(str, v)) for v in ops_tables()),
+        )
+    return findings
+
+
+def check_int64(model: Any, version: str) -> list[Finding]:
+    """INT64 initializers: native in TensorRT 10; before, the parser casts them to INT32."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    if parse_version(version)[0] >= 10:  # INT64 is a native TensorRT type since 10.0
+        return []
+    inits = _initializers(model)
+    findings = []
+    consumers: dict[str, list[tuple[Any, int]]] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, i))
+    for name, t in inits.items():
+        if t.data_type != TensorProto.INT64:
+            continue
+        arr = numpy_helper.to_array(t)
+        beyond = bool(arr.size) and bool((arr > INT32_MAX).any() or (arr < INT32_MIN).any())
+        users = consumers.get(name, [])
+        node = users[0][0] if users else None
+        where = node.name or node.op_type if node is not None else name
+        op = node.op_type if node is not None else "initializer"
+        harmless = all((n.op_type, i) in _CLAMP_SAFE for n, i in users)
+        if beyond and not harmless:
+            vmax = int(np.abs(arr).max())
+            findings.append(
+                Finding(
+                    "error",
+                    "int64",
+                    where,
+                    op,
+                    f"INT64 initializer {name!r} holds {vmax}, beyond INT32; TensorRT {version} "
+                    "clamps it to INT32 and the result changes",
+                    "int64_to_int32",
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "warning",
+                    "int64",
+                    where,
+                    op,
+                    f"INT64 initializer {name!r}: TensorRT {version} casts it down to INT32 "
+                    "(a parser warning, harmless here)",
+                    "int64_to_int32",
+                )
+            )
+    return findings
+
+
+def _dim(d: Any) -> int | str:
+    return d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+
+
+def input_contract(model: Any) -> list[dict[str, Any]]:
+    """Graph inputs (not initializers): name, shape (symbolic dims as strings), dtype."""
+    from onnx import TensorProto
+
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        out.append(
+            {
+                "name": i.name,
+                "shape": [_dim(d) for d in tt.shape.dim],
+                "dtype": TensorProto.DataType.Name(tt.elem_type).lower(),
+            }
+        )
+    return out
+
+
+def check_batch(model: Any, dynamic: bool) -> list[Finding]:
+    """Under a dynamic profile: a fixed input batch, or a Reshape that pins the batch."""
+    from onnx import numpy_helper
+
+    if not dynamic:
+        return []
+    findings = []
+    for inp in input_contract(model):
+        b = inp["shape"][0] if inp["shape"] else None
+        if isinstance(b, int) and b > 0:
+            findings.append(
+                Finding(
+                    "error",
+                    "batch",
+                    inp["name"],
+                    "input",
+                    f"input {inp['name']} has a fixed batch {b} but a dynamic batch profile is "
+                    "requested",
+                    "fix_batch",
+                )
+            )
+    inits = _initializers(model)
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        shape = numpy_helper.to_array(inits[node.input[1]]).tolist()
+        if shape and int(shape[0]) > 0:
+            findings.append(
+                Finding(
+                    "error",
+                    "batch",
+                    node.name or node.output[0],
+                    "Reshape",
+                    f"Reshape to constant shape {shape} pins the batch to {shape[0]}; a dynamic "
+                    "profile cannot change it",
+                    "fix_batch",
+                )
+            )
+    return findings
+
+
+def check_opset(model: Any, version: str) -> list[Finding]:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    # opset ceilings documented by onnx-tensorrt: 8.x "up to Opset 13" (8.5: 17), 10.0: 20
+    ceiling = {7: 11, 8: 13, 9: 17}.get(parse_version(version)[0], 20)
+    if opset is not None and opset > ceiling:
+        return [
+            Finding(
+                "warning",
+                "opset",
+                "<model>",
+                "opset",
+                f"opset {opset} is above what onnx-tensorrt documents for TensorRT {version} "
+                f"({ceiling}); the parser may still accept it",
+                None,
+            )
+        ]
+    return []
+
+
+def preflight(
+    onnx_path: str | Path,
+    out_json: str | Path | None,
+    tensorrt: str,
+    target: str = "?",
+    dynamic: bool = False,
+    patches: list[str] | None = None,
+) -> dict[str, Any]:
+    """Check ``onnx_path`` for a TensorRT ``tensorrt`` target; raise on the first error(s)."""
+    import onnx
+
+    started = time.time()
+    parse_version(tensorrt)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    findings = [
+        *check_operators(model, tensorrt),
+        *check_int64(model, tensorrt),
+        *check_batch(model, dynamic),
+        *check_opset(model, tensorrt),
+    ]
+    errors = [f for f in findings if f.severity == "error"]
+    table_version, _ = ops_table_for(tensorrt)
+    report = {
+        "onnx": str(onnx_path),
+        "onnx_sha256": sha256_path(onnx_path),
+        "target": target,
+        "tensorrt": tensorrt,
+        "ops_table": table_version,
+        "dynamic_profile": dynamic,
+        "inputs": input_contract(model),
+        "nodes": len(model.graph.node),
+        "ok": not errors,
+        "findings": [asdict(f) for f in findings],
+        "seconds": round(time.time() - started, 3),
+    }
+    for f in findings:
+        (log.error if f.severity == "error" else log.warning)("%s", f.line())
+    if errors:
+        more = f" (+{len(errors) - 1} more, see the log)" if len(errors) > 1 else ""
+        first = errors[0]
+        in_recipe = patches is not None and first.patch in patches
+        raise TrtflowError(
+            f"preflight of {onnx_path} for target {target!r} (TensorRT {tensorrt}) failed: "
+            f"node {first.node!r} ({first.op}): {first.reason}{more}",
+            (
+                first.patch
+                if first.patch and first.patch.startswith("remove ")
+                else f"add patch {first.patch} to models.<name>.patches"
+                + (" (it is in the recipe already: check its output)" if in_recipe else "")
+                if first.patch
+                else "change the export so the graph avoids it"
+            ),
+        )
+    log.info(
+        "preflight ok: %d nodes, %d warnings, TensorRT %s (ops table %s)",
+        report["nodes"],
+        len(findings),
+        tensorrt,
+        table_version,
+    )
+    if out_json:
+        write_json(out_json, report)
+    return report

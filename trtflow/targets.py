@@ -1,0 +1,210 @@
+"""TensorRT targets: the config's target table and every TensorRT version difference, in one place.
+
+A *target* is a named device with one TensorRT install (``targets.<name>`` in the config). Engines
+are tied to the exact GPU and TensorRT version, so every version-dependent trtexec flag, API
+generation and plugin availability is looked up here, from small data tables keyed by TensorRT
+major version — never by ``if version == ...`` branches spread over the code.
+
+Pure Python (no TensorRT import): safe on any host, including rules/common.smk.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trtflow.errors import TrtflowError
+
+PRECISIONS = ("fp32", "fp16", "int8", "best")
+
+HOW_TO_CONFIGURE = (
+    "configure a target under `targets:` in config.yaml — a local TensorRT install "
+    "(transport: local, trtexec: /usr/src/tensorrt/bin/trtexec) or an SSH device "
+    "(transport: ssh, host, user; keys come from your ssh config) — see README 'TensorRT targets'"
+)
+
+
+@dataclass(frozen=True)
+class TrtGeneration:
+    """What differs between TensorRT major versions (trtexec flags, Python API generation)."""
+
+    major: int
+    #: trtexec workspace flag, formatted with ``mib``.
+    workspace_flag: str
+    #: flag that builds without running inference afterwards (None: none exists)
+    build_only_flag: str | None
+    #: flags passed on every ONNX build (explicit batch was opt-in until 10 removed the flag)
+    onnx_build_flags: tuple[str, ...]
+    #: trtexec flags that do not exist in this generation (real trtexec rejects them)
+    removed_flags: tuple[str, ...]
+    #: Python API: "bindings" (get_binding_*, execute_async_v2) or "tensors" (named I/O, v3)
+    python_api: str
+    #: how trtexec prints its version in "[TensorRT vNNNN]": (major, minor, patch) -> int
+    version_tag_scale: tuple[int, int, int]
+    #: --exportProfile has "medianMs" (added in 8.4)
+    profile_has_median: bool
+    #: INT64 tensors are native (10.x); before, the parser casts INT64 down to INT32
+    native_int64: bool
+
+
+# One row per TensorRT major version trtflow knows how to drive. Sources: `trtexec --help` of
+# TensorRT 8.2 and 10.x and the TensorRT 10.0 release notes (removed: --workspace → --memPoolSize,
+# --explicitBatch, --buildOnly → --skipInference, --nvtxMode → --profilingVerbosity, and the
+# Caffe/UFF front ends --deploy/--uff/--model/--output/--uffInput, implicit --batch/--maxBatch).
+GENERATIONS: dict[int, TrtGeneration] = {
+    8: TrtGeneration(
+        major=8,
+        workspace_flag="--workspace={mib}",
+        build_only_flag="--buildOnly",
+        onnx_build_flags=("--explicitBatch",),
+        removed_flags=("--memPoolSize", "--skipInference", "--stronglyTyped"),
+        python_api="bindings",
+        version_tag_scale=(1000, 100, 1),
+        profile_has_median=False,
+        native_int64=False,
+    ),
+    10: TrtGeneration(
+        major=10,
+        workspace_flag="--memPoolSize=workspace:{mib}M",
+        build_only_flag="--skipInference",
+        onnx_build_flags=(),
+        removed_flags=(
+            "--workspace",
+            "--explicitBatch",
+            "--buildOnly",
+            "--nvtxMode",
+            "--deploy",
+            "--uff",
+            "--model",
+            "--output",
+            "--uffInput",
+            "--uffNHWC",
+            "--batch",
+            "--maxBatch",
+        ),
+        python_api="tensors",
+        version_tag_scale=(10000, 100, 1),
+        profile_has_median=True,
+        native_int64=True,
+    ),
+}
+
+# TensorRT plugins a patch may insert, and the first TensorRT version that ships them.
+PLUGINS_SINCE: dict[str, tuple[int, ...]] = {
+    "EfficientNMS_TRT": (8, 0, 1),
+    "EfficientNMS_ONNX_TRT": (8, 2, 0),
+    "BatchedNMS_TRT": (7, 0, 0),
+    "BatchedNMSDynamic_TRT": (7, 1, 0),
+}
+
+# Which patch of trtflow.patches inserts / fixes what (for preflight messages).
+PLUGIN_PATCH: dict[str, str] = {"EfficientNMS_TRT": "efficient_nms"}
+
+_VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+){0,2}$")
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """'8.2.1' -> (8, 2, 1); '10.3' -> (10, 3)."""
+    if not _VERSION_RE.match(str(version)):
+        raise TrtflowError(
+            f"TensorRT version {version!r} is not of the form MAJOR.MINOR[.PATCH]",
+            'write it as on the device, e.g. tensorrt: "8.2.1" (quote it in YAML)',
+        )
+    return tuple(int(p) for p in str(version).split("."))
+
+
+def generation(version: str, target: str = "?") -> TrtGeneration:
+    """The row of GENERATIONS for a TensorRT version, or a clear error."""
+    major = parse_version(version)[0]
+    if major not in GENERATIONS:
+        raise TrtflowError(
+            f"target {target!r}: TensorRT {version} (major {major}) is not in trtflow's "
+            f"version table (known majors: {', '.join(map(str, GENERATIONS))})",
+            "use a device with TensorRT 8.x or 10.x, or add a row to trtflow.targets.GENERATIONS",
+        )
+    return GENERATIONS[major]
+
+
+def version_tag(version: str) -> str:
+    """How trtexec prints a version in its banner: 8.2.1 -> 'v8201', 10.3.0 -> 'v100300'."""
+    parts = (*parse_version(version), 0, 0)[:3]
+    scale = generation(version).version_tag_scale
+    return "v" + str(sum(p * s for p, s in zip(parts, scale, strict=True)))
+
+
+def version_from_tag(tag: str) -> str:
+    """Inverse of version_tag: 'v8201' -> '8.2.1', 'v100300' -> '10.3.0'."""
+    n = int(tag.lstrip("v"))
+    if n >= 100000:  # 10.x and later: MMmmpp
+        return f"{n // 10000}.{n // 100 % 100}.{n % 100}"
+    return f"{n // 1000}.{n // 100 % 10}.{n % 100}"
+
+
+def same_version(declared: str, probed: str) -> bool:
+    """A declared '10.3' matches a probed '10.3.0'; '8.2.1' must match '8.2.1' exactly."""
+    d, p = parse_version(declared), parse_version(probed)
+    return p[: len(d)] == d
+
+
+def plugin_available(plugin: str, version: str) -> bool | None:
+    """True/False if we know when the plugin shipped, None if it is not one we know."""
+    since = PLUGINS_SINCE.get(plugin)
+    if since is None:
+        return None
+    return (*parse_version(version), 0, 0)[:3] >= since
+
+
+def target_spec(targets: dict[str, Any], name: str) -> dict[str, Any]:
+    """Look a target up by name, with one clear message when it is not configured."""
+    if not targets:
+        raise TrtflowError("no TensorRT target is configured", HOW_TO_CONFIGURE)
+    if name not in targets:
+        raise TrtflowError(
+            f"unknown target {name!r} (configured: {', '.join(sorted(targets))})",
+            HOW_TO_CONFIGURE,
+        )
+    spec: dict[str, Any] = targets[name]
+    return spec
+
+
+def build_relevant(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a target that changes the engine it builds (the rule's rerun params).
+
+    How the device is reached (host, user, port, workdir, trtexec path, ssh config) is left
+    out on purpose: moving a device to a new address must not rebuild its engines.
+    """
+    return {
+        "tensorrt": str(spec["tensorrt"]),
+        "device": spec["device"],
+        "backend": spec.get("backend", "trtexec"),
+        "workspace_mib": spec.get("workspace_mib", 1024),
+        "dla_core": spec.get("dla_core"),
+    }
+
+
+def parse_profile(profile: str) -> dict[str, int]:
+    """'b4' -> static batch 4; 'b1-4-8' -> min 1, opt 4, max 8."""
+    m = re.fullmatch(r"b(\d+)(?:-(\d+)-(\d+))?", profile)
+    if not m:
+        raise TrtflowError(
+            f"batch profile {profile!r} is not b<N> or b<min>-<opt>-<max>",
+            "use e.g. b1 (static) or b1-4-8 (dynamic)",
+        )
+    lo = int(m.group(1))
+    opt = int(m.group(2) or lo)
+    hi = int(m.group(3) or lo)
+    if not 1 <= lo <= opt <= hi:
+        raise TrtflowError(
+            f"batch profile {profile!r}: need 1 <= min <= opt <= max",
+            "fix engine.dynamic_profiles",
+        )
+    return {"min": lo, "opt": opt, "max": hi}
+
+
+def profile_name(min_: int, opt: int, max_: int) -> str:
+    return f"b{min_}" if min_ == opt == max_ else f"b{min_}-{opt}-{max_}"
+
+
+def is_dynamic(profile: dict[str, int]) -> bool:
+    return not profile["min"] == profile["opt"] == profile["max"]
