@@ -56,7 +56,7 @@ _storage_prefix = str(getattr(workflow.storage_settings, "default_storage_prefix
 if "$" in _storage_prefix:
     raise WorkflowError(
         f"default-storage-prefix {_storage_prefix!r} names an unset environment variable; "
-        "fix: export TRTFLOW_BUCKET=<your bucket> (README \"Hosts\")"
+        'fix: export TRTFLOW_BUCKET=<your bucket> (README "Hosts")'
     )
 
 

@@ -8,6 +8,8 @@ rule render_summary:
         patched_manifests=zoo(manifest(ONNX_PATCHED)),
         parity=zoo(PARITY),
         bench=zoo(BENCH_ONNX),
+        int8_bench=int8_zoo(BENCH_INT8),
+        int8_gate=int8_zoo(INT8_GATE),
     output:
         csv=SUMMARY_CSV,
         md=SUMMARY_MD,

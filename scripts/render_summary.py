@@ -18,6 +18,8 @@ def main(smk):
             patched_manifests=list(smk.input.patched_manifests),
             parity=list(smk.input.parity),
             bench=list(smk.input.bench),
+            int8_bench=list(smk.input.get("int8_bench", [])),
+            int8_gate=list(smk.input.get("int8_gate", [])),
         ),
         smk.log[0],
     )

@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=100)
     s.add_argument("--iou-threshold", type=float, default=0.45)
     s.add_argument("--max-detections", type=int, default=300)
-    s.add_argument("--min-map50-vs-fp32", type=float, default=0.1)
+    s.add_argument("--min-map50-vs-fp32", type=float, default=0.5)
     s.add_argument("--eval-images")
     s.add_argument("--eval-annotations")
     s.add_argument("--eval-count", type=int, default=0)

@@ -20,6 +20,9 @@ COLUMNS = [
     "parity_max_rel",
     "cpu_p50_ms",
     "cpu_batch",
+    "cpu_int8_p50_ms",
+    "int8_speedup",
+    "int8_map_vs_fp32",
     "pb_mb",
     "onnx_raw_mb",
     "onnx_patched_mb",
@@ -39,6 +42,8 @@ def collect_rows(
     patched_manifests: Sequence[str],
     parity: Sequence[str],
     bench: Sequence[str],
+    int8_bench: Sequence[str] = (),
+    int8_gate: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -63,6 +68,14 @@ def collect_rows(
         r = row(p)
         if "cpu_batch" not in r or m["batch"] < r["cpu_batch"]:
             r.update(cpu_p50_ms=round(m["p50_ms"], 2), cpu_batch=m["batch"])
+    for p in int8_bench:  # optional (int8.enabled): INT8 timed side by side with fp32
+        m = read_json(p)
+        r = row(p)
+        if "_int8_batch" not in r or m["batch"] < r["_int8_batch"]:
+            r.update(cpu_int8_p50_ms=round(m["int8_p50_ms"], 2), _int8_batch=m["batch"],
+                     int8_speedup=round(m["speedup"], 2))  # fmt: skip
+    for p in int8_gate:  # mAP@.5 of INT8 detections with fp32's as ground truth
+        row(p).update(int8_map_vs_fp32=round(read_json(p)["map50_vs_fp32"], 3))
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], int(k[1])))]
 
 

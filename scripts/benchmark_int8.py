@@ -1,0 +1,28 @@
+"""Snakemake adapter of rule benchmark_int8 -> trtflow.int8_bench.benchmark_int8."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.int8_bench import benchmark_int8
+    from trtflow.runner import run_stage
+
+    b = smk.params.bench
+    run_stage(
+        lambda: benchmark_int8(
+            smk.input.fp32,
+            smk.input.int8,
+            smk.output.report,
+            batch=int(smk.wildcards.batch),
+            warmup=b["warmup"],
+            iterations=b["iterations"],
+            threads=b["threads"],
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

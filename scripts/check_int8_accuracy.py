@@ -1,0 +1,35 @@
+"""Snakemake adapter of rule check_int8_accuracy -> trtflow.int8_gate.check_int8_accuracy."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.int8_gate import check_int8_accuracy
+    from trtflow.runner import run_stage
+
+    g = smk.params.gate
+    run_stage(
+        lambda: check_int8_accuracy(
+            smk.input.fp32,
+            smk.input.int8,
+            smk.input.holdout,
+            smk.output.report,
+            score_threshold=g["score_threshold"],
+            top_k=g["top_k"],
+            iou_threshold=g["iou_threshold"],
+            max_detections=g["max_detections"],
+            min_map50_vs_fp32=g["min_map50_vs_fp32"],
+            eval_images=smk.input.get("eval_images"),
+            eval_annotations=smk.input.get("eval_annotations"),
+            eval_count=g["eval_count"],
+            max_map_drop=g["max_map_drop"],
+            threads=smk.params.threads,
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

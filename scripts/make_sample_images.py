@@ -1,0 +1,21 @@
+"""Snakemake adapter of rule make_sample_images -> trtflow.calib.make_sample_images."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.calib import make_sample_images
+    from trtflow.runner import run_stage
+
+    run_stage(
+        lambda: make_sample_images(
+            smk.output.images, count=smk.params.images, seed=smk.params.seed
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,31 @@
+"""Snakemake adapter of rule quantize_onnx -> trtflow.quantize.quantize_onnx."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.quantize import quantize_onnx
+    from trtflow.runner import run_stage
+
+    q = smk.params.int8
+    run_stage(
+        lambda: quantize_onnx(
+            smk.input.onnx,
+            smk.input.calib,
+            smk.output.onnx,
+            smk.output.ranges,
+            method=q["method"],
+            percentile=q["percentile"],
+            keep_decode_float=q["float_decode"],
+            keep_head_convs_float=q["float_head_convs"],
+            float_node_patterns=q["float_nodes"],
+            manifest_path=smk.output.manifest,
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,25 @@
+"""Snakemake adapter of rule write_calibration_cache -> trtflow.quantize."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.quantize import write_trt_calibration_cache
+    from trtflow.runner import run_stage
+
+    run_stage(
+        lambda: write_trt_calibration_cache(
+            smk.input.ranges,
+            smk.output.cache,
+            version=smk.wildcards.trt,
+            algorithm=smk.params.algorithm,
+            manifest_path=smk.output.manifest,
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,177 @@
+"""quantize_onnx: Q/DQ layout for TensorRT, float decode, ranges, TensorRT cache, CPU form."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import onnx
+import pytest
+from int8_models import SIZE, tiny_detector
+from onnx import helper, numpy_helper
+
+from trtflow import quantize
+from trtflow.errors import TrtflowError
+from trtflow.int8_gate import error_stats
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    d = tmp_path_factory.mktemp("q")
+    tiny_detector(d / "model.onnx")
+    rng = np.random.default_rng(1)
+    np.save(d / "calib.npy", rng.random((6, 3, SIZE, SIZE), dtype=np.float32))
+    np.save(d / "holdout.npy", rng.random((3, 3, SIZE, SIZE), dtype=np.float32))
+    m = quantize.quantize_onnx(d / "model.onnx", d / "calib.npy", d / "qdq.onnx", d / "ranges.json")
+    return d, m
+
+
+def _init(model):
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_qdq_layout_is_what_tensorrt_takes(quantized):
+    d, manifest = quantized
+    model = onnx.load(str(d / "qdq.onnx"))
+    init = _init(model)
+    prod = {o: n for n in model.graph.node for o in n.output}
+    qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert qs and dqs and manifest["quantize_linear"] == len(qs)
+    for n in qs + dqs:  # symmetric INT8: every zero point is an int8 zero
+        zp = init[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any()
+    backbone = [n for n in model.graph.node if n.op_type == "Conv" and "backbone" in n.name]
+    assert len(backbone) == 3
+    for conv in backbone:
+        x_dq, w_dq = prod[conv.input[0]], prod[conv.input[1]]
+        assert x_dq.op_type == w_dq.op_type == "DequantizeLinear"
+        assert init[x_dq.input[1]].size == 1  # per-tensor activation scale
+        w_q = prod[w_dq.input[0]]  # float weight -> Q -> DQ (parsed by TensorRT 8.x and 10.x)
+        assert w_q.op_type == "QuantizeLinear" and init[w_q.input[0]].dtype == np.float32
+        cout = init[w_q.input[0]].shape[0]
+        assert init[w_dq.input[1]].shape == (cout,)  # per-channel weight scales ...
+        assert {a.name: a.i for a in w_dq.attribute}.get("axis", 1) == 0  # ... along axis 0
+        assert conv.input[2] in init and init[conv.input[2]].dtype == np.float32  # float bias
+
+
+def test_decode_and_head_conv_stay_float(quantized):
+    d, manifest = quantized
+    model = onnx.load(str(d / "qdq.onnx"))
+    qdq_ops = {"QuantizeLinear", "DequantizeLinear"}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    decode = [n for n in model.graph.node if n.name.startswith("decode.")]
+    assert len(decode) == 11
+    for n in decode + [n for n in model.graph.node if n.name == "head.conv"]:
+        for o in n.output:
+            assert not any(c.op_type in qdq_ops for c in consumers.get(o, [])), n.name
+        if n.name != "head.conv":
+            assert not any(i in prod and prod[i].op_type in qdq_ops for i in n.input), n.name
+    assert "head.conv" in manifest["float_nodes"] and "decode.concat" in manifest["float_nodes"]
+
+
+def test_float_node_choices(tmp_path):
+    model = tiny_detector()
+    decode, heads = quantize.decode_nodes(model)
+    assert heads == ["head.conv"] and "decode.sigmoid" in decode and len(decode) == 11
+    assert quantize.float_nodes(model, False, False) == []
+    assert quantize.float_nodes(model, False, True) == ["head.conv"]
+    assert "backbone.0.conv" in quantize.float_nodes(model, False, False, ["backbone.0.*"])
+
+
+def test_int8_close_to_fp32_and_cpu_reencoding_is_lossless(quantized):
+    from trtflow.bench import make_session
+
+    d, _ = quantized
+    x = np.load(d / "holdout.npy")
+    fp32 = make_session(str(d / "model.onnx"))
+    qdq = onnx.load(str(d / "qdq.onnx"))
+    s8 = make_session(qdq)
+    u8_model, n = quantize.qdq_s8_to_u8(qdq)
+    u8 = make_session(u8_model)
+    assert n > 0
+    y = fp32.run(None, {"images": x})[0]
+    y8 = s8.run(None, {"images": x})[0]
+    yu = u8.run(None, {"images": x})[0]
+    assert error_stats(y8[..., 4:], y[..., 4:])["sqnr_db"] > 20
+    # same grid: uint8 re-encoding changes nothing beyond kernel rounding
+    assert error_stats(yu[..., 4:], y8[..., 4:])["sqnr_db"] > 30
+    # and gives ONNX Runtime's integer kernels (the speed on x86), which int8 activations do not
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(d / "u8.opt.onnx")
+    ort.InferenceSession(u8_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(d / "u8.opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 3
+
+
+def test_ranges_and_trt_cache(quantized, tmp_path):
+    d, _ = quantized
+    ranges = json.loads((d / "ranges.json").read_text())
+    assert ranges["method"] == "minmax" and ranges["images"] == 6
+    lo, hi = ranges["ranges"]["images"]
+    assert 0 <= lo < 0.05 and 0.95 < hi <= 1.0
+    assert "head.conv" in ranges["float_tensors"] and "output0" in ranges["float_tensors"]
+    m = quantize.write_trt_calibration_cache(d / "ranges.json", tmp_path / "c.cache", "8.6.1")
+    header, scales = quantize.read_trt_cache(tmp_path / "c.cache")
+    assert header == "TRT-8601-EntropyCalibration2" and m["header"] == header
+    assert "head.conv" not in scales and "output0" not in scales
+    name = "backbone.1.act"
+    amax = max(abs(v) for v in ranges["ranges"][name])
+    assert scales[name] == pytest.approx(amax / 127, rel=1e-6)
+    # big-endian float32 hex, as TensorRT writes it
+    line = next(t for t in (tmp_path / "c.cache").read_text().splitlines() if t.startswith(name))
+    assert struct.unpack(">f", bytes.fromhex(line.split(": ")[1]))[0] == pytest.approx(amax / 127)
+
+
+def test_trt_version_codes():
+    assert quantize.trt_version_code("8.2.1") == 8201
+    assert quantize.trt_version_code("8.6.1") == 8601
+    assert quantize.trt_version_code("10.3.0") == 100300
+    assert quantize.scale_hex(127.0) == "3f800000"
+    with pytest.raises(TrtflowError):
+        quantize.trt_version_code("eight")
+    with pytest.raises(TrtflowError):
+        quantize.trt_cache_text({"x": [0, 1]}, "8.6.1", "Bogus")
+
+
+def test_plugin_is_detached_for_calibration_and_put_back(tmp_path):
+    model = tiny_detector()
+    model.graph.node.append(
+        helper.make_node("EfficientNMS_TRT", ["output0"], ["num_dets"], name="nms")
+    )
+    del model.graph.output[:]
+    model.graph.output.append(
+        helper.make_tensor_value_info("num_dets", onnx.TensorProto.INT32, ["N", 1])
+    )
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((2, 3, SIZE, SIZE), np.float32))
+    man = quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "c.npy", tmp_path / "q.onnx",
+                                 tmp_path / "r.json")  # fmt: skip
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert [o.name for o in q.graph.output] == ["num_dets"] and man["plugins"] == ["nms"]
+    assert q.graph.node[-1].op_type == "EfficientNMS_TRT"
+    cpu = quantize.load_for_cpu(tmp_path / "q.onnx")
+    assert [o.name for o in cpu.graph.output] == ["output0"]
+
+
+def test_bad_inputs(tmp_path):
+    tiny_detector(tmp_path / "m.onnx")
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 32, 32), np.float32))
+    with pytest.raises(TrtflowError, match="model takes"):
+        quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "wrong.npy", tmp_path / "q.onnx",
+                               tmp_path / "r.json")  # fmt: skip
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    with pytest.raises(TrtflowError, match="cannot be read"):
+        quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "junk.npy", tmp_path / "q.onnx",
+                               tmp_path / "r.json")  # fmt: skip
+    with pytest.raises(TrtflowError, match="calibration method"):
+        quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "wrong.npy", tmp_path / "q.onnx",
+                               tmp_path / "r.json", method="kl")  # fmt: skip
+    assert not (tmp_path / "q.onnx").exists()

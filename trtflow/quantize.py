@@ -1,0 +1,512 @@
+"""Stage "quantize" (convert host): patched ONNX -> Q/DQ ONNX for TensorRT explicit INT8.
+
+ONNX Runtime's static quantization (``quantize_static``, QDQ format) calibrates the patched ONNX
+on ``calib.npy`` and inserts QuantizeLinear/DequantizeLinear pairs the way TensorRT's explicit
+quantization expects: INT8, symmetric (zero point 0), per-channel weights (axis 0, kept as float
+initializers behind a Q/DQ pair), per-tensor activations, float biases. The detect head's decode
+(every node between the last Conv layers and the outputs) stays in float, and so, by default,
+do those last Convs.
+
+The activation ranges the quantizer used are written next to the model (``ranges.json``); the
+same ranges become TensorRT's implicit-INT8 calibration cache (``write_trt_calibration_cache``)
+for TensorRT 8.x targets.
+
+NVIDIA ModelOpt's ONNX PTQ would be the first choice, but it does not install with our pins:
+it requires torch and its ``onnx`` extra pins onnx~=1.21, onnxruntime-gpu~=1.24 and cupy-cuda12x
+on Linux x86 (README "INT8").
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import struct
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtflow.errors import TrtflowError
+from trtflow.manifest import atomic_path, read_json, sha256_path, write_json, write_manifest
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+#: Calibrator algorithms TensorRT writes in a cache header (IInt8Calibrator::getAlgorithm()).
+TRT_ALGORITHMS = (
+    "EntropyCalibration2",
+    "MinMaxCalibration",
+    "EntropyCalibration",
+    "LegacyCalibration",
+)
+#: Plugin ops ONNX Runtime cannot run; detached for calibration and put back afterwards.
+PLUGIN_SUFFIX = "_TRT"
+#: Images per ONNX Runtime calibration pass (bounds the memory of the intermediate outputs).
+CALIB_CHUNK = 8
+
+
+# ---------------------------------------------------------------- graph helpers
+def _producers(model: Any) -> dict[str, Any]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def decode_nodes(model: Any) -> tuple[list[str], list[str]]:
+    """(decode nodes, head Convs): nodes between the last Conv layers and the graph outputs.
+
+    Walks back from every graph output until a Conv; those Convs are the detect head's output
+    layers, everything passed on the way (reshape/transpose/sigmoid/grid and anchor math,
+    concatenation) is the decode.
+    """
+    prod = _producers(model)
+    decode: list[str] = []
+    heads: list[str] = []
+    seen: set[int] = set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        node = prod.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type == "Conv":
+            heads.append(node.name)
+            continue
+        decode.append(node.name)
+        stack.extend(i for i in node.input if i)
+    return sorted(decode), sorted(heads)
+
+
+def float_nodes(
+    model: Any, keep_decode: bool = True, keep_head_convs: bool = True, patterns: Iterable[str] = ()
+) -> list[str]:
+    """Names of the nodes that stay in float (decode, head Convs, glob patterns on node names)."""
+    decode, heads = decode_nodes(model)
+    names = set(decode if keep_decode else []) | set(heads if keep_head_convs else [])
+    patterns = list(patterns)
+    for node in model.graph.node:
+        if any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+            names.add(node.name)
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(n.name, p) for n in model.graph.node):
+            log.warning("int8.float_nodes pattern %r matches no node", p)
+    unnamed = [n for n in model.graph.node if not n.name]
+    if unnamed:
+        raise TrtflowError(
+            f"{len(unnamed)} nodes have no name (first: {unnamed[0].op_type})",
+            "run the sanitize patch, which names every node",
+        )
+    return sorted(names)
+
+
+def detach_plugins(model: Any) -> tuple[Any, list[Any], list[Any]]:
+    """Remove TensorRT plugin nodes (e.g. EfficientNMS_TRT); their inputs become the outputs.
+
+    Returns (model without plugins, the removed nodes, the original graph outputs).
+    """
+    import onnx
+
+    plugins = [n for n in model.graph.node if n.op_type.endswith(PLUGIN_SUFFIX)]
+    if not plugins:
+        return model, [], []
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    outputs = list(stripped.graph.output)
+    keep = [n for n in stripped.graph.node if not n.op_type.endswith(PLUGIN_SUFFIX)]
+    del stripped.graph.node[:]
+    stripped.graph.node.extend(keep)
+    del stripped.graph.output[:]
+    for node in plugins:
+        for name in node.input:
+            if name and not any(o.name == name for o in stripped.graph.output):
+                stripped.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    log.info("detached %s for calibration", ", ".join(f"{n.op_type} {n.name}" for n in plugins))
+    return stripped, plugins, outputs
+
+
+def reattach_plugins(model: Any, plugins: list[Any], outputs: list[Any]) -> Any:
+    """Put back what detach_plugins removed (after quantization, in float)."""
+    if not plugins:
+        return model
+    model.graph.node.extend(plugins)
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    return model
+
+
+def qdq_s8_to_u8(model: Any) -> tuple[Any, int]:
+    """Re-encode int8 activation Q/DQ pairs as uint8 with zero point + 128, for x86 CPUs.
+
+    The same quantization grid (q_u8 = q_s8 + 128, same scale and clamping range), so the
+    numbers are unchanged; only the storage type differs. ONNX Runtime's x86 kernels fuse
+    uint8-activation / int8-weight QLinearConv (the VNNI path), but leave a Conv in float when
+    an int8 activation's QuantizeLinear feeds several DequantizeLinear — which is every SiLU
+    (x * sigmoid(x)) of YOLOv5. Weights (DequantizeLinear of an initializer) stay int8.
+    Works on a copy; returns (model, number of QuantizeLinear re-encoded).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    init = {i.name: i for i in g.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    converted: dict[str, str] = {}
+
+    def u8(name: str) -> str:
+        if name not in converted:
+            arr = numpy_helper.to_array(init[name]).astype(np.int16) + 128
+            t = numpy_helper.from_array(arr.astype(np.uint8), f"{name}__u8")
+            g.initializer.append(t)
+            converted[name] = t.name
+        return converted[name]
+
+    count = 0
+    for q in g.node:
+        if q.op_type != "QuantizeLinear" or len(q.input) < 3 or q.input[2] not in init:
+            continue
+        if q.input[0] in init:  # a weight's Q/DQ pair: int8 weights are what the kernels take
+            continue
+        if init[q.input[2]].data_type != onnx.TensorProto.INT8:
+            continue
+        dqs = consumers.get(q.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" or len(d.input) < 3 for d in dqs):
+            continue
+        q.input[2] = u8(q.input[2])
+        for d in dqs:
+            d.input[2] = u8(d.input[2])
+        count += 1
+    return out, count
+
+
+def load_for_cpu(path: str | Path) -> Any:
+    """A Q/DQ ONNX prepared for ONNX Runtime CPU: plugins detached, activations as uint8."""
+    import onnx
+
+    model = onnx.load(str(path))
+    model, _, _ = detach_plugins(model)
+    if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        model, n = qdq_s8_to_u8(model)
+        log.debug("%s: %d activation Q/DQ pairs re-encoded as uint8 for the CPU", path, n)
+    return model
+
+
+# ---------------------------------------------------------------- calibration reader
+class _Reader:
+    """onnxruntime CalibrationDataReader over a calibration array (supports set_range)."""
+
+    def __init__(self, batches: list[np.ndarray], input_name: str) -> None:
+        self.batches = batches
+        self.input_name = input_name
+        self.start, self.end, self.pos = 0, len(batches), 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end, self.pos = start_index, min(end_index, len(self.batches)), start_index
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= self.end:
+            return None
+        self.pos += 1
+        return {self.input_name: self.batches[self.pos - 1]}
+
+
+def model_batches(model: Any, x_nchw: np.ndarray) -> tuple[str, list[np.ndarray]]:
+    """(input name, batches of ``x_nchw`` in the layout and static batch the model takes)."""
+    from trtflow.calib import to_layout
+
+    inp = model.graph.input[0]
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim
+    ]
+    x = to_layout(x_nchw, dims)
+    size = dims[2:4] if dims[1] == 3 else dims[1:3]
+    if all(isinstance(d, int) and d > 0 for d in size) and list(x_nchw.shape[2:]) != size:
+        raise TrtflowError(
+            f"calibration images are {x_nchw.shape[2]}x{x_nchw.shape[3]}, the model takes {size}",
+            "rerun make_calibration_data for this image size",
+        )
+    batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 1
+    n = len(x) // batch * batch
+    if n == 0:
+        raise TrtflowError(
+            f"{len(x)} calibration images are fewer than the model's static batch {batch}",
+            f"set calibration.count to at least {batch}",
+        )
+    if n < len(x):
+        log.warning("static batch %d: using %d of %d calibration images", batch, n, len(x))
+    return inp.name, [np.ascontiguousarray(x[i : i + batch]) for i in range(0, n, batch)]
+
+
+# ---------------------------------------------------------------- stage functions
+def quantize_onnx(
+    onnx_in: str | Path,
+    calib_npy: str | Path,
+    onnx_out: str | Path,
+    ranges_out: str | Path,
+    method: str = "minmax",
+    percentile: float = 99.999,
+    keep_decode_float: bool = True,
+    keep_head_convs_float: bool = True,
+    float_node_patterns: Iterable[str] = (),
+    manifest_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Calibrate ``onnx_in`` on ``calib_npy`` and write the Q/DQ ONNX and its activation ranges."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from trtflow.calib import load_array
+
+    started = time.time()
+    if method not in METHODS:
+        raise TrtflowError(
+            f"unknown calibration method {method!r}", f"use one of: {', '.join(METHODS)}"
+        )
+    if not Path(onnx_in).is_file():
+        raise TrtflowError(f"{onnx_in}: ONNX file not found", "run patch_onnx first")
+    calib = load_array(calib_npy)
+    model = onnx.load(str(onnx_in))
+    stripped, plugins, outputs = detach_plugins(model)
+    keep = float_nodes(stripped, keep_decode_float, keep_head_convs_float, float_node_patterns)
+    input_name, batches = model_batches(stripped, calib)
+    log.info(
+        "%d nodes stay float: %s", len(keep), ", ".join(keep[:8]) + (" …" if len(keep) > 8 else "")
+    )
+
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": True,  # TensorRT: zero point 0
+        "WeightSymmetric": True,
+        "QDQKeepRemovableActivations": True,  # TensorRT fuses activations itself
+        "AddQDQPairToWeight": True,  # float weights + Q/DQ: parsed by TensorRT 8.x and 10.x
+        "QuantizeBias": False,  # TensorRT takes float biases
+        "CalibPercentile": percentile,
+    }
+    chunk = next(c for c in range(min(CALIB_CHUNK, len(batches)), 0, -1) if len(batches) % c == 0)
+    if chunk < len(batches):
+        extra["CalibStridedMinMax"] = chunk  # ORT's name; it chunks every method's collection
+    with tempfile.TemporaryDirectory(prefix="trtflow-quant-") as tmpdir:
+        src = Path(tmpdir) / "model.onnx"
+        onnx.save(stripped, str(src))
+        cache = Path(tmpdir) / "ranges.json"
+        qdq_tmp = Path(tmpdir) / "model.qdq.onnx"
+        try:
+            quantize_static(
+                str(src),
+                str(qdq_tmp),
+                _Reader(batches, input_name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=keep,
+                calibrate_method=calibrate_method,
+                extra_options=extra,
+                calibration_cache_path=str(cache),
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise TrtflowError(
+                f"ONNX Runtime quantization of {onnx_in} failed ({type(exc).__name__}: {exc})",
+                "check the patched ONNX runs in ONNX Runtime and the calibration array matches it",
+            ) from exc
+        ranges = _read_ranges(cache)
+        qdq = onnx.load(str(qdq_tmp))
+    onnx.checker.check_model(qdq)  # before the plugins: the checker does not know them
+    qdq = reattach_plugins(qdq, plugins, outputs)
+    float_tensors = sorted(
+        {o for n in stripped.graph.node if n.name in set(keep) for o in n.output}
+    )
+    with atomic_path(onnx_out) as tmp:
+        onnx.save(qdq, str(tmp))
+    ops = [n.op_type for n in qdq.graph.node]
+    write_json(
+        ranges_out,
+        {
+            "method": method,
+            "percentile": percentile if method == "percentile" else None,
+            "source": str(onnx_in),
+            "source_sha256": sha256_path(onnx_in),
+            "calibration_sha256": sha256_path(calib_npy),
+            "images": int(len(calib)),
+            "float_nodes": keep,
+            "float_tensors": float_tensors,
+            "ranges": ranges,
+        },
+    )
+    log.info(
+        "%s: %d QuantizeLinear, %d DequantizeLinear, %d activation ranges (%s, %d images)",
+        onnx_out, ops.count("QuantizeLinear"), ops.count("DequantizeLinear"), len(ranges), method,
+        len(calib),
+    )  # fmt: skip
+    opts = {"method": method, "percentile": percentile, "keep_decode_float": keep_decode_float,
+            "keep_head_convs_float": keep_head_convs_float,
+            "float_node_patterns": list(float_node_patterns), "per_channel": True,
+            "activation_type": "int8", "weight_type": "int8", "symmetric": True,
+            "extra_options": extra}  # fmt: skip
+    command = ["trtflow", "quantize", "--onnx", onnx_in, "--calib", calib_npy, "--out",
+               onnx_out, "--ranges-out", ranges_out, "--method", method, "--percentile",
+               percentile]  # fmt: skip
+    if not keep_decode_float:
+        command.append("--quantize-decode")
+    if not keep_head_convs_float:
+        command.append("--quantize-head-convs")
+    for p in float_node_patterns:
+        command += ["--float-node", p]
+    return write_manifest(
+        onnx_out,
+        stage="quantize_onnx",
+        inputs={"onnx": onnx_in, "calibration": calib_npy},
+        options=opts,
+        command=command,
+        started=started,
+        extra={
+            "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
+            "nodes": len(qdq.graph.node),
+            "quantize_linear": ops.count("QuantizeLinear"),
+            "dequantize_linear": ops.count("DequantizeLinear"),
+            "float_nodes": keep,
+            "plugins": [n.name for n in plugins],
+            "ranges": str(ranges_out),
+        },
+        manifest_path=manifest_path,
+    )
+
+
+def _read_ranges(cache: Path) -> dict[str, list[float]]:
+    """ORT's JSON calibration cache -> {tensor: [low, high]}."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    data = load_tensors_data(cache)
+    out = {}
+    for name, value in data.data.items():
+        lo, hi = value.range_value
+        out[name] = [float(np.asarray(lo).min()), float(np.asarray(hi).max())]
+    return dict(sorted(out.items()))
+
+
+# ---------------------------------------------------------------- TensorRT calibration cache
+def trt_version_code(version: str) -> int:
+    """TensorRT's NV_TENSORRT_VERSION for "major.minor.patch" (8.6.1 -> 8601, 10.3.0 -> 100300)."""
+    try:
+        parts = [int(p) for p in version.split(".")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or parts[0] < 1:
+        raise TrtflowError(
+            f"TensorRT version {version!r} is not major.minor.patch", 'use e.g. "8.6.1"'
+        )
+    major, minor, patch = (parts + [0])[:3]
+    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
+def scale_hex(amax: float) -> str:
+    """amax/127 as the big-endian float32 hex TensorRT writes in a calibration cache."""
+    return struct.pack(">f", np.float32(amax / 127.0)).hex()
+
+
+def trt_cache_text(
+    ranges: dict[str, list[float]],
+    version: str,
+    algorithm: str = "EntropyCalibration2",
+    skip: Iterable[str] = (),
+) -> tuple[str, list[str]]:
+    """TensorRT calibration cache text and the tensors left out (zero/non-finite range or skip)."""
+    if algorithm not in TRT_ALGORITHMS:
+        raise TrtflowError(
+            f"unknown TensorRT calibrator algorithm {algorithm!r}",
+            f"use one of: {', '.join(TRT_ALGORITHMS)}",
+        )
+    lines = [f"TRT-{trt_version_code(version)}-{algorithm}"]
+    skip = set(skip)
+    left_out = []
+    for name, (lo, hi) in sorted(ranges.items()):
+        amax = max(abs(lo), abs(hi))
+        if name in skip or not np.isfinite(amax) or amax <= 0:
+            left_out.append(name)
+            continue
+        lines.append(f"{name}: {scale_hex(amax)}")
+    return "\n".join(lines) + "\n", left_out
+
+
+def read_trt_cache(path: str | Path) -> tuple[str, dict[str, float]]:
+    """(header, {tensor: scale}) of a TensorRT calibration cache."""
+    lines = Path(path).read_text().splitlines()
+    scales = {}
+    for line in lines[1:]:
+        name, _, value = line.rpartition(": ")
+        scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
+    return lines[0], scales
+
+
+def write_trt_calibration_cache(
+    ranges_json: str | Path,
+    cache_out: str | Path,
+    version: str,
+    algorithm: str = "EntropyCalibration2",
+    manifest_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """TensorRT implicit-INT8 calibration cache for one TensorRT version from ``ranges.json``.
+
+    Tensors of nodes kept in float for the Q/DQ model get no entry, so TensorRT runs the decode
+    in float in implicit mode too.
+    """
+    started = time.time()
+    try:
+        data = read_json(ranges_json)
+        ranges = data["ranges"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise TrtflowError(
+            f"{ranges_json} is not a ranges file ({exc})", "rerun quantize_onnx"
+        ) from None
+    text, left_out = trt_cache_text(ranges, version, algorithm, data.get("float_tensors", []))
+    with atomic_path(cache_out) as tmp:
+        tmp.write_text(text)
+    entries = text.count("\n") - 1
+    log.info(
+        "%s: %s, %d tensors (%d left out)",
+        cache_out,
+        text.split("\n", 1)[0],
+        entries,
+        len(left_out),
+    )
+    return write_manifest(
+        cache_out,
+        stage="write_calibration_cache",
+        inputs={"ranges": ranges_json},
+        options={"tensorrt_version": version, "algorithm": algorithm},
+        command=[
+            "trtflow",
+            "trt-cache",
+            "--ranges",
+            ranges_json,
+            "--out",
+            cache_out,
+            "--trt-version",
+            version,
+            "--algorithm",
+            algorithm,
+        ],  # fmt: skip
+        started=started,
+        extra={
+            "header": text.split("\n", 1)[0],
+            "tensorrt_version_code": trt_version_code(version),
+            "entries": entries,
+            "left_out": left_out,
+            "source_onnx": data.get("source"),
+            "source_sha256": data.get("source_sha256"),
+            "method": data.get("method"),
+        },
+        manifest_path=manifest_path,
+    )
