@@ -338,7 +338,12 @@ def get_build_params(wildcards):
 
 
 def get_int8_inputs(wildcards):
-    """Calibration cache / Q/DQ ONNX of a model (int8 and best); a clear error without one."""
+    """INT8 inputs of an int8/best engine: the config's own files, else the INT8 stage's.
+
+    Without engine.int8.<model>, TensorRT >= 10 targets build the Q/DQ ONNX of quantize_onnx
+    (explicit quantization); 8.x targets get a calibration cache written for their exact
+    TensorRT version (implicit INT8), so a cache is never reused across versions.
+    """
     if wildcards.precision not in ("int8", "best"):
         return {}
     spec = config["engine"]["int8"].get(wildcards.model, {})
@@ -347,14 +352,13 @@ def get_int8_inputs(wildcards):
         for k in ("calibration_cache", "qdq_onnx")
         if spec.get(k)
     }
-    if not paths and wildcards.precision == "int8":
-        raise WorkflowError(
-            f"{wildcards.precision} engine of model {wildcards.model} on target "
-            f"{wildcards.target} needs a calibration cache or a Q/DQ ONNX — fix: set "
-            f"engine.int8.{wildcards.model}.calibration_cache or .qdq_onnx, or remove int8 "
-            f"from precisions / targets.{wildcards.target}.precisions"
-        )
-    return paths
+    if paths:
+        return paths
+    where = {"model": wildcards.model, "imgsz": wildcards.imgsz}
+    version = str(TARGETS[wildcards.target]["tensorrt"])
+    if int(version.split(".")[0]) >= 10:
+        return {"qdq_onnx": INT8_QDQ.format(**where)}
+    return {"calibration_cache": INT8_TRT_CACHE.format(trt=version, **where)}
 
 
 def get_timing_cache(wildcards):

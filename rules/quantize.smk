@@ -78,7 +78,7 @@ rule write_calibration_cache:
     benchmark:
         bench_of("write_calibration_cache", "{model}/{imgsz}/trt{trt}")
     wildcard_constraints:
-        trt=r"\d+\.\d+(\.\d+)?",
+        trt=r"\d+(\.\d+){1,3}",
     conda:
         "../envs/trtflow.yaml"
     resources:
