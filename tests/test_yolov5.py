@@ -62,9 +62,25 @@ def test_activations_stay_sane_in_the_deepest_variant() -> None:
     model = _model_at_64("x")
     acts = [layer.output for layer in model.layers if layer.name.endswith(".act")]
     probe = keras.Model(model.input, acts)
-    stds = [float(np.std(a)) for a in probe(_images(1, 64))]
+    values = [np.asarray(a) for a in probe(_images(1, 64, seed=1), training=False)]
+    stds = np.array([v.std() for v in values])
     assert np.isfinite(stds).all()
-    assert 1e-3 < min(stds) and max(stds) < 100, (min(stds), max(stds))
+    # Neither vanishing nor growing through the 100+ convs of x (a fresh BN is an identity), and
+    # small enough for SiLU's near-linear range.
+    assert 0.01 < stds.min() and stds.max() < 0.4, (stds.min(), stds.max())
+    assert max(np.abs(v).max() for v in values) < 4
+
+
+def test_deepest_variant_is_well_conditioned() -> None:
+    # Not chaotic: a tiny input change barely moves the boxes, another image moves them a lot
+    # (float32 rounding differences between runtimes are such tiny changes).
+    model = _model_at_64("x")
+    image = _images(1, 64, seed=1)
+    nudge = np.random.default_rng(2).uniform(-1e-4, 1e-4, image.shape).astype(np.float32)
+    base = _run(model, image)
+    nudged = np.abs(_run(model, image + nudge) - base)[..., :4].max()
+    other = np.abs(_run(model, _images(1, 64, seed=3)) - base)[..., :4].mean()
+    assert nudged < 0.5 and other > 1.0, (nudged, other)
 
 
 def test_io_contract(small: keras.Model, small_out: np.ndarray) -> None:
@@ -73,10 +89,16 @@ def test_io_contract(small: keras.Model, small_out: np.ndarray) -> None:
     assert tuple(small.output.shape) == (None, yolov5.num_predictions(SIZE), 5 + CLASSES)
     assert small_out.shape == (2, 3 * (16 * 16 + 8 * 8 + 4 * 4), 5 + CLASSES)
     assert small_out.dtype == np.float32
-    # Graph mode with another batch size: the batch is dynamic, the result the same.
+    # Graph mode with another batch size: the batch is dynamic, and the result agrees within the
+    # parity stage's default tolerance (the init does not amplify float32 rounding).
     graph = small.predict(_images(3, SIZE), verbose=0)
     assert graph.shape == (3, *small_out.shape[1:])
-    np.testing.assert_allclose(graph[:2], small_out, rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(graph[:2], small_out, rtol=1e-4, atol=1e-3)
+
+
+def test_inference_without_training_flag(small: keras.Model, small_out: np.ndarray) -> None:
+    # No layer may switch the BatchNorms into training mode when training= is not given.
+    np.testing.assert_array_equal(np.asarray(small(_images(2, SIZE))), small_out)
 
 
 def test_num_predictions() -> None:
@@ -178,7 +200,7 @@ def test_weights_file_round_trip(small: keras.Model, small_out: np.ndarray, tmp_
     np.testing.assert_array_equal(_run(loaded, _images(2, SIZE)), small_out)
 
     with pytest.raises(TrtflowError, match="does not fit"):
-        yolov5.build_yolov5("n", CLASSES + 1, SIZE, weights=str(path))
+        yolov5.build_yolov5("n", CLASSES + 1, 32, weights=str(path))
 
 
 def test_missing_weights_file_names_the_path(tmp_path) -> None:

@@ -11,8 +11,8 @@ per-class scores (all sigmoid). Predictions are ordered level (P3, P4, P5), then
 row, then column, as in Ultralytics' exports.
 
 Weights are initialized from a seed alone (see ``_Builder``): every variant keeps its activations
-near unit scale at inference, so outputs vary with the input, fit in float16 and are not so
-sensitive that float32 runtimes disagree.
+at a small, steady scale at inference, so outputs vary with the input, fit in float16 and are not
+so sensitive that float32 runtimes disagree.
 
 Imports TensorFlow/Keras at module level: only stages that need TF import this module.
 """
@@ -210,18 +210,18 @@ class _Builder:
     """Lays out the graph and initializes it from the seed: centered, calibrated He-style convs.
 
     At inference a fresh BatchNorm (gamma 1, beta 0, mean 0, variance 1) is an identity, so
-    nothing re-normalizes the activations: with plain He init ``n`` shrinks towards zero and
-    ``x`` overflows float32 for some seeds, and seeds that merely grow give outputs so sensitive
-    that TF and ONNX Runtime disagree by pixels. So each conv kernel is
+    nothing re-normalizes the activations: with plain He init ``n`` shrinks towards zero while
+    ``x`` grows by orders of magnitude for some seeds, and even seeds that merely drift give
+    outputs so sensitive that TF and ONNX Runtime disagree by pixels. So each conv kernel is
 
     1. He-style uniform (fan-in), seeded from the layer name;
     2. centered over its input channels (``_center_kernel``; not the first conv, whose input is
        the image), so SiLU's positive mean does not pile up as per-channel offsets;
-    3. rescaled so that its output has unit standard deviation on a seeded batch of uniform noise
-       images (LSUV, Mishkin & Matas 2016) — or ``1 / sqrt(n)`` for the last conv of each of the
-       ``n`` residual branches of a C3 (as in Fixup), so residual streams do not compound. The
-       scale is rounded to 1/16 octave, so last-bit differences between machines or TF versions
-       do not change the weights.
+    3. rescaled so that its output has standard deviation ``_CONV_STD`` on a seeded uniform-noise
+       image (LSUV, Mishkin & Matas 2016) — ``_CONV_STD / sqrt(n)`` for the last conv of each of
+       the ``n`` residual branches of a C3 (as in Fixup), so residual streams do not compound.
+       The scale is rounded to 1/16 octave, so last-bit differences between machines or TF
+       versions do not change the weights.
 
     Each conv is calibrated as soon as it is created, with the already initialized layers before
     it, in one pass over the calibration batch.
@@ -243,16 +243,18 @@ class _Builder:
 
     @staticmethod
     def apply(layer: keras.layers.Layer, x: _Node | list[_Node]) -> _Node:
+        """Call ``layer`` on the graph, then (built by then) its ``call`` on the calibration
+        values, skipping ``__call__``'s bookkeeping."""
         if isinstance(x, list):
-            return _Node(layer([t.sym for t in x]), layer([t.val for t in x]))
-        return _Node(layer(x.sym), layer(x.val))
+            return _Node(layer([t.sym for t in x]), layer.call([t.val for t in x]))
+        return _Node(layer(x.sym), layer.call(x.val))
 
     @staticmethod
     def calibrate(layer: keras.layers.Layer, kernel: np.ndarray, val: Any, std: float) -> Any:
         """Set ``layer``'s kernel to ``kernel`` rescaled so that its output on ``val`` has ``std``
         (its bias still zero); the scale is rounded to 1/16 octave. Returns that output."""
         layer.kernel.assign(kernel)
-        y = layer(val)
+        y = layer.call(val)
         octaves = round(math.log2(std / float(keras.ops.std(y))) * 16) / 16
         scale = np.float32(2.0**octaves)
         layer.kernel.assign(kernel * scale)
@@ -365,8 +367,9 @@ def build_yolov5(
         variant: one of ``VARIANTS`` (n, s, m, l, x).
         num_classes: number of classes (>= 1); the output has ``5 + num_classes`` columns.
         image_size: input height and width, a multiple of 32.
-        seed: base seed; every initializer gets a seed derived from it and its layer name, so
-            equal seeds give bit-identical weights.
+        seed: base seed; every initializer gets a seed derived from it and its layer name, and
+            the init is calibrated on a seeded noise image of ``min(image_size, 256)`` pixels, so
+            equal arguments give bit-identical weights and different seeds different ones.
         weights: optional Keras ``.weights.h5`` file saved from the same architecture.
 
     Returns:
