@@ -250,12 +250,8 @@ from trtflow.targets import (  # noqa: E402
 
 TARGETS = config["targets"]
 ENGINE = "results/engine/{target}/{model}/{imgsz}/{precision}/{profile}.engine"
-ENGINE_BENCH = (
-    "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
-)
-ENGINE_PARITY = (
-    "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
-)
+ENGINE_BENCH = "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
+ENGINE_PARITY = "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
 PREFLIGHT = "results/preflight/{target}/{model}/{imgsz}/preflight.json"
 # Per-target timing cache: a cache shared by that target's builds (not an artifact).
 TIMING_CACHE = "results/timing_cache/{target}.cache"
@@ -299,9 +295,7 @@ def engine_zoo(pattern):
 def get_engine_outputs(wildcards):
     """Inputs of the engine target; one clear message when no target is configured."""
     if not TARGETS:
-        raise WorkflowError(
-            f"no TensorRT target is configured — fix: {HOW_TO_CONFIGURE}"
-        )
+        raise WorkflowError(f"no TensorRT target is configured — fix: {HOW_TO_CONFIGURE}")
     return engine_zoo(ENGINE) + engine_zoo(ENGINE_BENCH) + engine_zoo(ENGINE_PARITY)
 
 
@@ -318,8 +312,7 @@ def get_target_params(wildcards):
 
 def get_preflight_params(wildcards):
     dynamic = any(
-        parse_profile(p)["min"] != parse_profile(p)["max"]
-        for p in batch_profiles(wildcards.model)
+        parse_profile(p)["min"] != parse_profile(p)["max"] for p in batch_profiles(wildcards.model)
     )
     return {
         "tensorrt": str(TARGETS[wildcards.target]["tensorrt"]),
