@@ -20,17 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_RECIPE = [
-    "nchw_input",
-    "fix_batch",
-    "rename_io",
-    "drop_noops",
-    "sanitize",
-    "int64_to_int32",
-]
-
 
 def build(tmp: Path, variant: str, image_size: int) -> tuple[Path, Path, Path, dict]:
+    from trtflow.config import default_recipe
     from trtflow.convert import convert_pb_to_onnx
     from trtflow.export import export_pb, export_saved_model
     from trtflow.patch import patch_onnx
@@ -39,7 +31,7 @@ def build(tmp: Path, variant: str, image_size: int) -> tuple[Path, Path, Path, d
     man = export_pb(sm, tmp / "model.pb", "builtin", image_size)
     io = man["io"]
     convert_pb_to_onnx(tmp / "model.pb", tmp / "raw.onnx", io["input_name"], io["output_name"])
-    patch_onnx(tmp / "raw.onnx", tmp / "patched.onnx", DEFAULT_RECIPE, image_size)
+    patch_onnx(tmp / "raw.onnx", tmp / "patched.onnx", default_recipe(), image_size)
     return tmp / "model.pb", tmp / "raw.onnx", tmp / "patched.onnx", io
 
 

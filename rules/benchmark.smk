@@ -16,6 +16,6 @@ rule benchmark_onnx:
         host_role=ROLE_CONVERT,
     params:
         bench=config["benchmark"],
-        code=code_hash("bench", "patches", "manifest"),
+        code=code_hash("bench", "stats", "patches", "manifest"),
     script:
         "../scripts/benchmark_onnx.py"

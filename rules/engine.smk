@@ -45,7 +45,7 @@ rule build_engine:
         target=get_target_params,
         build=get_build_params,
         timing_cache=get_timing_cache,
-        code=code_hash("engine", "targets", "trtexec", "trt_python", "manifest"),
+        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python", "manifest"),
     script:
         "../scripts/build_engine.py"
 
@@ -67,7 +67,7 @@ rule benchmark_engine:
     params:
         target=get_target_params,
         bench=get_benchmark_engine_params,
-        code=code_hash("engine", "targets", "trtexec", "trt_python"),
+        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python"),
     script:
         "../scripts/benchmark_engine.py"
 
@@ -91,6 +91,6 @@ rule check_engine_parity:
         target=get_target_params,
         tolerance=get_engine_tolerance,
         seed=config["engine"]["parity"]["seed"],
-        code=code_hash("engine", "targets", "trtexec", "trt_python", "parity"),
+        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python", "parity"),
     script:
         "../scripts/check_engine_parity.py"

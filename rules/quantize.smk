@@ -109,7 +109,7 @@ rule check_int8_accuracy:
     params:
         gate=config["int8"]["gate"],
         threads=config["benchmark"]["threads"],
-        code=code_hash("int8_gate", "quantize", "calib", "bench", "manifest"),
+        code=code_hash("int8_gate", "quantize", "calib", "bench", "stats", "manifest"),
     script:
         "../scripts/check_int8_accuracy.py"
 
@@ -130,6 +130,6 @@ rule benchmark_int8:
         host_role=ROLE_CONVERT,
     params:
         bench=config["benchmark"],
-        code=code_hash("int8_bench", "bench", "quantize", "manifest"),
+        code=code_hash("int8_bench", "bench", "stats", "quantize", "manifest"),
     script:
         "../scripts/benchmark_int8.py"

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trtflow.config import default_recipe
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,14 +27,7 @@ def tiny_model(**overrides):
         "seed": 0,
         "image_sizes": [64],
         "batch": "dynamic",
-        "patches": [
-            "nchw_input",
-            "fix_batch",
-            "rename_io",
-            "drop_noops",
-            "sanitize",
-            "int64_to_int32",
-        ],
+        "patches": default_recipe(),
     }
     entry.update(overrides)
     return entry

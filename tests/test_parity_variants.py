@@ -14,8 +14,6 @@ from trtflow.manifest import read_json
 
 pytestmark = pytest.mark.slow
 
-RECIPE = ["nchw_input", "fix_batch", "rename_io", "drop_noops", "sanitize", "int64_to_int32"]
-
 
 _HEAVY = pytest.mark.skipif(
     not os.environ.get("TRTFLOW_ALL_VARIANTS"), reason="set TRTFLOW_ALL_VARIANTS=1 to run m/l/x"
@@ -26,6 +24,7 @@ _HEAVY = pytest.mark.skipif(
     "variant", ["n", "s", *(pytest.param(v, marks=_HEAVY) for v in ("m", "l", "x"))]
 )
 def test_builtin_variant_parity(tmp_path, variant):
+    from trtflow.config import default_recipe
     from trtflow.convert import convert_pb_to_onnx
     from trtflow.export import export_pb, export_saved_model
     from trtflow.parity import check_parity
@@ -36,7 +35,7 @@ def test_builtin_variant_parity(tmp_path, variant):
     io = export_pb(sm, tmp_path / "model.pb", "builtin", size)["io"]
     convert_pb_to_onnx(tmp_path / "model.pb", tmp_path / "raw.onnx", io["input_name"],
                        io["output_name"])  # fmt: skip
-    patch_onnx(tmp_path / "raw.onnx", tmp_path / "patched.onnx", RECIPE, size)
+    patch_onnx(tmp_path / "raw.onnx", tmp_path / "patched.onnx", default_recipe(), size)
     report = check_parity(
         tmp_path / "model.pb", tmp_path / "model.pb.manifest.json", tmp_path / "raw.onnx",
         tmp_path / "patched.onnx", tmp_path / "patched.onnx.manifest.json",

@@ -14,6 +14,7 @@ import yaml
 from onnx import numpy_helper
 
 from tests import onnx_factory as factory
+from trtflow.config import default_recipe
 from trtflow.errors import TrtflowError
 from trtflow.patches import (
     NMS_BOXES,
@@ -28,14 +29,7 @@ from trtflow.patches import (
     strip_nms,
 )
 
-DEFAULT_RECIPE = [
-    "nchw_input",
-    "fix_batch",
-    "rename_io",
-    "drop_noops",
-    "sanitize",
-    "int64_to_int32",
-]
+DEFAULT_RECIPE = default_recipe()
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 SIZE = 32
 NUM_CLASSES = 2

@@ -11,20 +11,9 @@ from typing import Any
 import numpy as np
 
 from trtflow.manifest import write_json
+from trtflow.stats import percentiles
 
 log = logging.getLogger(__name__)
-
-
-def percentiles(latencies_ms: list[float]) -> dict[str, float]:
-    arr = np.asarray(latencies_ms, dtype=np.float64)
-    return {
-        "mean_ms": float(arr.mean()),
-        "min_ms": float(arr.min()),
-        "p50_ms": float(np.percentile(arr, 50)),
-        "p90_ms": float(np.percentile(arr, 90)),
-        "p99_ms": float(np.percentile(arr, 99)),
-        "max_ms": float(arr.max()),
-    }
 
 
 def make_session(model: str | Path | Any, threads: int = 0) -> Any:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from trtflow.config import default_recipe
 from trtflow.runner import run_stage
 
 
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, required=True)
     s.add_argument("--batch", type=_batch, default="dynamic")
     s.add_argument(
-        "--recipe", default="nchw_input,fix_batch,rename_io,drop_noops,sanitize,int64_to_int32"
+        "--recipe", default=",".join(default_recipe()), help="comma-separated patch names"
     )
     s.add_argument("--box-format", default="pixels", choices=["pixels", "normalized"])
 

@@ -22,6 +22,11 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
+def default_recipe() -> list[str]:
+    """The patch recipe a model gets when its config names none (the schema's default)."""
+    return list(load_schema()["$defs"]["model"]["properties"]["patches"]["default"])
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts: list[str] = []
     for p in error.absolute_path:

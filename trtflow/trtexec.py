@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.errors import TrtflowError
+from trtflow.stats import percentiles
 from trtflow.targets import generation, version_from_tag
 
 # ---------------------------------------------------------------- argv builders
@@ -208,17 +209,7 @@ def _load(path: str | Path, what: str) -> Any:
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return {}
-    return {
-        "mean_ms": float(arr.mean()),
-        "min_ms": float(arr.min()),
-        "p50_ms": float(np.percentile(arr, 50)),
-        "p90_ms": float(np.percentile(arr, 90)),
-        "p99_ms": float(np.percentile(arr, 99)),
-        "max_ms": float(arr.max()),
-    }
+    return percentiles(values) if len(values) else {}
 
 
 def _first(entry: dict[str, Any], *keys: str) -> float | None:
