@@ -60,8 +60,9 @@ def main() -> None:
         x = make_inputs(1, args.image_size)
         x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         tf_run = FrozenGraphRunner(pb, io["input_name"], io["output_name"])
-        s_raw = make_session(raw, args.threads)
-        s_pat = make_session(patched, args.threads)
+        # interleaved timing: no busy-waiting threads left behind by the previous runner
+        s_raw = make_session(raw, args.threads, spinning=False)
+        s_pat = make_session(patched, args.threads, spinning=False)
         runners = {
             "tensorflow (frozen pb)": lambda: tf_run(x),
             "onnxruntime raw tf2onnx": lambda: s_raw.run(None, {s_raw.get_inputs()[0].name: x})[0],

@@ -16,8 +16,13 @@ from trtflow.stats import percentiles
 log = logging.getLogger(__name__)
 
 
-def make_session(model: str | Path | Any, threads: int = 0) -> Any:
-    """An ONNX Runtime CPU session with full graph optimisation and ``threads`` intra-op threads."""
+def make_session(model: str | Path | Any, threads: int = 0, spinning: bool = True) -> Any:
+    """An ONNX Runtime CPU session with full graph optimisation and ``threads`` intra-op threads.
+
+    ``spinning=False`` stops idle worker threads from busy-waiting after a run; use it when
+    several sessions (or TF) are timed interleaved, or one session's spinning threads steal the
+    cores of the next.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -25,6 +30,8 @@ def make_session(model: str | Path | Any, threads: int = 0) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
