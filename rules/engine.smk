@@ -91,6 +91,6 @@ rule check_engine_parity:
         target=get_target_params,
         tolerance=get_engine_tolerance,
         seed=config["engine"]["parity"]["seed"],
-        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python", "parity"),
+        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python", "parity", "bench"),
     script:
         "../scripts/check_engine_parity.py"

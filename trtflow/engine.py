@@ -506,11 +506,9 @@ def make_engine_input(shape: list[int], seed: int = 0) -> np.ndarray:
 
 
 def onnx_reference(onnx_path: str | Path, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from trtflow.bench import make_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sess = make_session(onnx_path)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, {name: x}), strict=True))
 

@@ -66,12 +66,9 @@ class OnnxRunner:
     """ONNX Runtime CPU session with one input and named outputs."""
 
     def __init__(self, path: str | Path | Any) -> None:
-        import onnxruntime as ort
+        from trtflow.bench import make_session
 
-        data = path.SerializeToString() if hasattr(path, "SerializeToString") else str(path)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        self.session = make_session(path)
         self.input = self.session.get_inputs()[0]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
