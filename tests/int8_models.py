@@ -110,7 +110,7 @@ def write_images(folder: str | Path, count: int, seed: int = 0) -> list[Path]:
     """``count`` small generated scenes (alternating JPEG/PNG, mixed sizes) in ``folder``."""
     from PIL import Image
 
-    from trtflow.calib import _scene
+    from trtflow.calib import scene
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,6 +119,6 @@ def write_images(folder: str | Path, count: int, seed: int = 0) -> list[Path]:
     for i in range(count):
         h, w = [(48, 80), (80, 48), (64, 64)][i % 3]
         p = folder / (f"img_{i:03d}.png" if i % 2 else f"img_{i:03d}.jpg")
-        Image.fromarray(_scene(rng, h, w)).save(p)
+        Image.fromarray(scene(rng, h, w)).save(p)
         out.append(p)
     return out

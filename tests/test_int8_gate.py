@@ -148,3 +148,25 @@ def test_summary_int8_columns(tmp_path):
     assert {"cpu_int8_p50_ms", "int8_speedup", "int8_map_vs_fp32"} <= set(COLUMNS)
     assert rows[0]["cpu_int8_p50_ms"] == 12.35 and rows[0]["int8_speedup"] == 2.35
     assert rows[0]["int8_map_vs_fp32"] == 0.877
+
+
+def test_speedup_benchmark_script_prints_table_and_checks_floor(models):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "int8_speedup.py"
+    d = models
+    argv = [sys.executable, str(script), "--fp32", str(d / "fp32.onnx"), "--int8",
+            str(d / "int8.onnx"), "--threads", "1", "--batch", "1,2", "--warmup", "1",
+            "--iterations", "3"]  # fmt: skip
+    ok = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    rows = [line for line in ok.stdout.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 4 and sum("baseline" in r for r in rows) == 2, ok.stdout
+    speedups = [float(r.split("|")[-2].strip().rstrip("x")) for r in rows if "int8" in r]
+    assert all(s > 0 for s in speedups)
+    assert f"worst {min(speedups):.2f}x" in ok.stdout
+    failed = subprocess.run(argv + ["--min-speedup", "1000"], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert failed.returncode == 1, failed.stdout

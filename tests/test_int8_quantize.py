@@ -23,7 +23,8 @@ def quantized(tmp_path_factory):
     rng = np.random.default_rng(1)
     np.save(d / "calib.npy", rng.random((6, 3, SIZE, SIZE), dtype=np.float32))
     np.save(d / "holdout.npy", rng.random((3, 3, SIZE, SIZE), dtype=np.float32))
-    m = quantize.quantize_onnx(d / "model.onnx", d / "calib.npy", d / "qdq.onnx", d / "ranges.json")
+    m = quantize.quantize_onnx(d / "model.onnx", d / "calib.npy", d / "qdq.onnx", d / "ranges.json",
+                               keep_head_convs_float=True)
     return d, m
 
 
@@ -80,6 +81,7 @@ def test_float_node_choices(tmp_path):
     decode, heads = quantize.decode_nodes(model)
     assert heads == ["head.conv"] and "decode.sigmoid" in decode and len(decode) == 11
     assert quantize.float_nodes(model, False, False) == []
+    assert sorted(quantize.float_nodes(model)) == sorted(decode)  # default: head Conv is INT8
     assert quantize.float_nodes(model, False, True) == ["head.conv"]
     assert "backbone.0.conv" in quantize.float_nodes(model, False, False, ["backbone.0.*"])
 

@@ -191,7 +191,7 @@ def make_calibration_data(
     holdout_npy: str | Path,
     image_size: int,
     count: int = 16,
-    holdout: int = 8,
+    holdout: int = 32,
     seed: int = 0,
     sampling: str = "random",
     manifest_path: str | Path | None = None,
@@ -236,7 +236,7 @@ def make_calibration_data(
     )
 
 
-def _scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """One procedurally generated scene: sky/ground gradients, texture and coloured shapes."""
     from PIL import Image, ImageDraw, ImageFilter
 
@@ -293,7 +293,7 @@ def make_sample_images(
         tmp.mkdir()
         for i in range(count):
             h, w = sizes[i % len(sizes)]
-            img = Image.fromarray(_scene(rng, h, w))
+            img = Image.fromarray(scene(rng, h, w))
             buf = io.BytesIO()
             if i % 3 == 2:
                 img.save(buf, format="PNG")
@@ -308,7 +308,7 @@ def make_sample_images(
         "artifact": str(out_dir),
         "count": count,
         "seed": seed,
-        "kind": "procedurally generated scenes (trtflow.calib._scene)",
+        "kind": "procedurally generated scenes (trtflow.calib.scene)",
         "seconds": round(time.time() - started, 3),
         "command": f"trtflow sample-images --out {out_dir} --count {count} --seed {seed}",
     }

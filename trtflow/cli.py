@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout-out", required=True, help="held-aside array (.npy)")
     s.add_argument("--image-size", type=int, required=True)
     s.add_argument("--count", type=int, default=16)
-    s.add_argument("--holdout", type=int, default=8)
+    s.add_argument("--holdout", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sampling", default="random", choices=["random", "sorted", "spread"])
 
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
     s.add_argument("--percentile", type=float, default=99.999)
     s.add_argument("--quantize-decode", action="store_true", help="quantize the decode too")
-    s.add_argument("--quantize-head-convs", action="store_true")
+    s.add_argument("--float-head-convs", action="store_true", help="keep the head Convs float")
     s.add_argument("--float-node", action="append", default=[], help="node-name glob kept float")
 
     s = sub.add_parser("trt-cache", help="ranges JSON -> TensorRT implicit-INT8 calibration cache")
@@ -171,7 +171,7 @@ def _dispatch_int8(args: argparse.Namespace) -> Any:
 
         return quantize_onnx(
             args.onnx, args.calib, args.out, args.ranges_out, args.method, args.percentile,
-            not args.quantize_decode, not args.quantize_head_convs, args.float_node,
+            not args.quantize_decode, args.float_head_convs, args.float_node,
         )  # fmt: skip
     if cmd == "trt-cache":
         from trtflow.quantize import write_trt_calibration_cache

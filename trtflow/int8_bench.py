@@ -1,7 +1,8 @@
 """Stage "benchmark_int8" (convert host): Q/DQ INT8 vs fp32 latency, side by side on the CPU.
 
-Both models get ONNX Runtime CPU sessions with the same options and threads (trtflow.bench) and
-are timed in alternation — one fp32 run, one INT8 run, repeated — so load from other processes
+Both models get ONNX Runtime CPU sessions with the same options and threads (trtflow.bench; worker
+threads do not spin, so neither session's idle threads steal the other's cores) and are timed in
+alternation — one fp32 run, one INT8 run, repeated — so load from other processes
 hits both alike. The Q/DQ model is run as ``trtflow.quantize.load_for_cpu`` prepares it
 (activation Q/DQ re-encoded as uint8, the same numbers), the way ONNX Runtime's x86 INT8
 kernels (VNNI/AMX) take it.
@@ -42,9 +43,11 @@ def compare_speed(
     """Time fp32 and INT8 alternately; p50/p90/… of each and the speedup (fp32 p50 / INT8 p50)."""
     from trtflow.quantize import load_for_cpu
 
+    # Interleaved sessions: without spinning, or the idle session's busy-waiting worker threads
+    # steal the cores of the one being timed (seen as a false 30 % slowdown of both models).
     sessions = {
-        "fp32": make_session(load_for_cpu(fp32_onnx), threads),
-        "int8": make_session(load_for_cpu(int8_onnx), threads),
+        "fp32": make_session(load_for_cpu(fp32_onnx), threads, spinning=False),
+        "int8": make_session(load_for_cpu(int8_onnx), threads, spinning=False),
     }
     feed = input_for(sessions["fp32"], batch)
     name = sessions["int8"].get_inputs()[0].name

@@ -4,8 +4,8 @@ ONNX Runtime's static quantization (``quantize_static``, QDQ format) calibrates 
 on ``calib.npy`` and inserts QuantizeLinear/DequantizeLinear pairs the way TensorRT's explicit
 quantization expects: INT8, symmetric (zero point 0), per-channel weights (axis 0, kept as float
 initializers behind a Q/DQ pair), per-tensor activations, float biases. The detect head's decode
-(every node between the last Conv layers and the outputs) stays in float, and so, by default,
-do those last Convs.
+(every node between the last Conv layers and the outputs) stays in float; those last Convs are
+INT8 by default (``keep_head_convs_float`` keeps them float).
 
 The activation ranges the quantizer used are written next to the model (``ranges.json``); the
 same ranges become TensorRT's implicit-INT8 calibration cache (``write_trt_calibration_cache``)
@@ -80,7 +80,7 @@ def decode_nodes(model: Any) -> tuple[list[str], list[str]]:
 
 
 def float_nodes(
-    model: Any, keep_decode: bool = True, keep_head_convs: bool = True, patterns: Iterable[str] = ()
+    model: Any, keep_decode: bool = True, keep_head_convs: bool = False, patterns: Iterable[str] = ()
 ) -> list[str]:
     """Names of the nodes that stay in float (decode, head Convs, glob patterns on node names)."""
     decode, heads = decode_nodes(model)
@@ -255,7 +255,7 @@ def quantize_onnx(
     method: str = "minmax",
     percentile: float = 99.999,
     keep_decode_float: bool = True,
-    keep_head_convs_float: bool = True,
+    keep_head_convs_float: bool = False,
     float_node_patterns: Iterable[str] = (),
     manifest_path: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -360,8 +360,8 @@ def quantize_onnx(
                percentile]  # fmt: skip
     if not keep_decode_float:
         command.append("--quantize-decode")
-    if not keep_head_convs_float:
-        command.append("--quantize-head-convs")
+    if keep_head_convs_float:
+        command.append("--float-head-convs")
     for p in float_node_patterns:
         command += ["--float-node", p]
     return write_manifest(
