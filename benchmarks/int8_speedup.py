@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     speedups = []
     for threads in _ints(args.threads):
         for batch in _ints(args.batch):
-            r = compare_speed(
-                args.fp32, args.int8, batch, args.warmup, args.iterations, threads
-            )
+            r = compare_speed(args.fp32, args.int8, batch, args.warmup, args.iterations, threads)
             for key in ("fp32", "int8"):
                 s = r["stats"][key]
                 speed = f"{r['speedup']:.2f}x" if key == "int8" else "baseline"

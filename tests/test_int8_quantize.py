@@ -23,8 +23,13 @@ def quantized(tmp_path_factory):
     rng = np.random.default_rng(1)
     np.save(d / "calib.npy", rng.random((6, 3, SIZE, SIZE), dtype=np.float32))
     np.save(d / "holdout.npy", rng.random((3, 3, SIZE, SIZE), dtype=np.float32))
-    m = quantize.quantize_onnx(d / "model.onnx", d / "calib.npy", d / "qdq.onnx", d / "ranges.json",
-                               keep_head_convs_float=True)
+    m = quantize.quantize_onnx(
+        d / "model.onnx",
+        d / "calib.npy",
+        d / "qdq.onnx",
+        d / "ranges.json",
+        keep_head_convs_float=True,
+    )
     return d, m
 
 
@@ -177,3 +182,65 @@ def test_bad_inputs(tmp_path):
         quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "wrong.npy", tmp_path / "q.onnx",
                                tmp_path / "r.json", method="kl")  # fmt: skip
     assert not (tmp_path / "q.onnx").exists()
+
+
+def _stem6_model(path):
+    """images -> 6x6/s2/p2 Conv (YOLOv5's stem) -> SiLU -> 3x3 Conv: the stem rewrite's case."""
+    rng = np.random.default_rng(3)
+    w0 = (rng.standard_normal((8, 3, 6, 6)) * 0.2).astype(np.float32)
+    w1 = (rng.standard_normal((4, 8, 3, 3)) * 0.2).astype(np.float32)
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["images", "w0"],
+            ["c0"],
+            "stem",
+            kernel_shape=[6, 6],
+            strides=[2, 2],
+            pads=[2, 2, 2, 2],
+        ),  # fmt: skip
+        helper.make_node("Sigmoid", ["c0"], ["s0"], "stem.sig"),
+        helper.make_node("Mul", ["c0", "s0"], ["a0"], "stem.act"),
+        helper.make_node("Conv", ["a0", "w1"], ["out"], "head", kernel_shape=[3, 3], pads=[1] * 4),
+    ]
+    graph = helper.make_graph(
+        nodes, "stem6",
+        [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+
+
+def test_cpu_stem_unfolding_is_bit_identical(tmp_path):
+    from trtflow.bench import make_session
+
+    _stem6_model(tmp_path / "m.onnx")
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "calib.npy", rng.random((4, 3, SIZE, SIZE), dtype=np.float32))
+    quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "calib.npy", tmp_path / "q.onnx",
+                           tmp_path / "r.json")  # fmt: skip
+    plain, _ = quantize.qdq_s8_to_u8(onnx.load(str(tmp_path / "q.onnx")))
+    cpu = quantize.load_for_cpu(tmp_path / "q.onnx")
+    onnx.checker.check_model(cpu)
+    assert "SpaceToDepth" in [n.op_type for n in cpu.graph.node]
+    stem = next(n for n in cpu.graph.node if n.name == "stem")
+    assert {a.name: list(a.ints) for a in stem.attribute}["kernel_shape"] == [3, 3]
+    x = rng.random((2, 3, SIZE, SIZE), dtype=np.float32)
+    ref = make_session(plain, 1).run(None, {"images": x})[0]
+    got = make_session(cpu, 1).run(None, {"images": x})[0]
+    assert np.array_equal(ref, got)  # the same integer sums: not close, equal
+    # The TensorRT file keeps its 6x6 stem; float models and other stems are left alone.
+    assert "SpaceToDepth" not in [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+    float_model = onnx.load(str(tmp_path / "m.onnx"))
+    assert quantize.stem_space_to_depth(float_model) == (float_model, False)
+    assert "SpaceToDepth" not in [
+        n.op_type for n in quantize.load_for_cpu(tmp_path / "m.onnx").graph.node
+    ]
+
+
+def test_cpu_form_of_other_stems_is_unchanged(quantized):
+    d, _ = quantized  # tiny_detector: a 3x3/stride-2 stem
+    cpu = quantize.load_for_cpu(d / "qdq.onnx")
+    assert "SpaceToDepth" not in [n.op_type for n in cpu.graph.node]
