@@ -223,8 +223,9 @@ class _Builder:
     2. centered over its input channels (``_center_kernel``; not the first conv, whose input is
        the image), so SiLU's positive mean does not pile up as per-channel offsets;
     3. rescaled so that its output has standard deviation ``_CONV_STD`` on seeded generated
-       scenes at 640 pixels (LSUV, Mishkin & Matas 2016) — ``_CONV_STD / sqrt(n)`` for the last conv of each of
-       the ``n`` residual branches of a C3 (as in Fixup), so residual streams do not compound.
+       scenes at 640 pixels (LSUV, Mishkin & Matas 2016) — ``_CONV_STD / sqrt(n)`` for the last
+       conv of each of the ``n`` residual branches of a C3 (as in Fixup), so residual streams do
+       not compound.
        The scale is rounded to 1/16 octave, so last-bit differences between machines or TF
        versions do not change the weights.
 
