@@ -1,11 +1,11 @@
 """Stage "benchmark_int8" (convert host): Q/DQ INT8 vs fp32 latency, side by side on the CPU.
 
-Both models get ONNX Runtime CPU sessions with the same options and threads (trtflow.bench; worker
-threads do not spin, so neither session's idle threads steal the other's cores) and are timed in
-alternation — one fp32 run, one INT8 run, repeated — so load from other processes
-hits both alike. The Q/DQ model is run as ``trtflow.quantize.load_for_cpu`` prepares it
-(activation Q/DQ re-encoded as uint8, the same numbers), the way ONNX Runtime's x86 INT8
-kernels (VNNI/AMX) take it.
+Both models get ONNX Runtime CPU sessions with the same options and threads (trtflow.bench) and
+are timed in alternation — one fp32 run, one INT8 run, repeated — so load from other processes
+hits both alike; each run starts after a short pause, so neither session's idle spinning workers
+steal the other's cores (``compare_speed``). The Q/DQ model is run as
+``trtflow.quantize.load_for_cpu`` prepares it (activation Q/DQ re-encoded as uint8, the 6x6 stem
+unfolded: the same numbers), the way ONNX Runtime's x86 INT8 kernels (VNNI/AMX) take it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from trtflow.bench import input_for, make_session, percentiles
 from trtflow.manifest import write_json
 
 log = logging.getLogger(__name__)
+
+#: Pause before each timed run (ms): longer than ONNX Runtime's spin-wait after a run.
+GAP_MS = 50.0
 
 
 def cpu_int8_flags() -> list[str]:
@@ -39,15 +42,22 @@ def compare_speed(
     warmup: int = 3,
     iterations: int = 20,
     threads: int = 0,
+    spinning: bool = True,
+    gap_ms: float = GAP_MS,
 ) -> dict[str, Any]:
-    """Time fp32 and INT8 alternately; p50/p90/… of each and the speedup (fp32 p50 / INT8 p50)."""
+    """Time fp32 and INT8 alternately; p50/p90/… of each and the speedup (fp32 p50 / INT8 p50).
+
+    Both sessions use ONNX Runtime's default thread spinning (as a deployed session runs) and
+    each timed run starts ``gap_ms`` after the previous one ended, so the other session's idle
+    workers have stopped spinning and do not steal its cores (seen as a false 30 % slowdown of
+    both models without the gap). ``spinning=False`` times without spinning instead: the INT8
+    graph then pays more thread wake-ups (~230 nodes vs ~105 fp32).
+    """
     from trtflow.quantize import load_for_cpu
 
-    # Interleaved sessions: without spinning, or the idle session's busy-waiting worker threads
-    # steal the cores of the one being timed (seen as a false 30 % slowdown of both models).
     sessions = {
-        "fp32": make_session(load_for_cpu(fp32_onnx), threads, spinning=False),
-        "int8": make_session(load_for_cpu(int8_onnx), threads, spinning=False),
+        "fp32": make_session(load_for_cpu(fp32_onnx), threads, spinning=spinning),
+        "int8": make_session(load_for_cpu(int8_onnx), threads, spinning=spinning),
     }
     feed = input_for(sessions["fp32"], batch)
     name = sessions["int8"].get_inputs()[0].name
@@ -58,6 +68,7 @@ def compare_speed(
     lat: dict[str, list[float]] = {"fp32": [], "int8": []}
     for _ in range(iterations):
         for key, s in sessions.items():
+            time.sleep(gap_ms / 1e3)
             t0 = time.perf_counter()
             s.run(None, feeds[key])
             lat[key].append((time.perf_counter() - t0) * 1e3)
@@ -68,6 +79,8 @@ def compare_speed(
         "runtime": "onnxruntime-cpu",
         "batch": batch,
         "threads": threads,
+        "spinning": spinning,
+        "gap_ms": gap_ms,
         "cpu_count": os.cpu_count(),
         "cpu_int8_flags": cpu_int8_flags(),
         "warmup": warmup,
