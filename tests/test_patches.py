@@ -420,6 +420,7 @@ def test_default_recipe_on_real_tf2onnx_model():
     assert by_step["nchw_input"]["nodes_after"] == by_step["nchw_input"]["nodes_before"] - 1
     assert by_step["fix_batch"]["nodes_after"] < by_step["fix_batch"]["nodes_before"]
     assert any("INT64 -> INT32" in c for c in by_step["int64_to_int32"]["changes"])
+    assert by_step["lean_decode"]["changes"] == []  # not trtflow's decode layout: left alone
     for node in patched.graph.node:
         if node.op_type in ("Gather", "Slice"):
             for name in node.input[1:]:
@@ -432,3 +433,32 @@ def test_default_recipe_on_real_tf2onnx_model():
         (out,) = run(patched, to_nchw(x))
         assert out.shape == expected.shape
         np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def test_lean_decode_on_the_builtin_yolov5_is_bit_identical():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf2onnx
+
+    from trtflow.yolov5 import build_yolov5
+
+    size = 64
+    keras_model = build_yolov5("n", 3, size)
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="images"),)
+    raw, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=17)
+    options = PatchOptions(image_size=size)
+    without = [p for p in DEFAULT_RECIPE if p != "lean_decode"]
+    assert without != DEFAULT_RECIPE  # lean_decode is part of the default recipe
+    plain, _ = apply_patches(raw, without, options)
+    lean, report = apply_patches(raw, DEFAULT_RECIPE, options)
+    step = next(r for r in report if r["name"] == "lean_decode")
+    assert len(step["changes"]) == 1 and "3 heads" in step["changes"][0], step
+    assert ops(lean).count("Transpose") == ops(plain).count("Transpose") - 3
+    assert "Slice" in ops(plain) and "Slice" not in ops(lean)
+    assert io_contract(lean) == io_contract(plain)
+    x = to_nchw(np.random.default_rng(5).random((2, size, size, 3), dtype=np.float32))
+    (a,) = run(plain, x)
+    (b,) = run(lean, x)
+    assert np.array_equal(a, b)  # the same operations on the same values
+    again, report = apply_patches(lean, ["lean_decode"], options)
+    assert report[0]["changes"] == [] and ops(again) == ops(lean)
