@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import REPO, tiny_config, tiny_model
 
-from trtflow.config import load_config, validate_config
+from trtflow.config import default_recipe, load_config, validate_config
 from trtflow.errors import TrtflowError
 
 
@@ -33,7 +33,7 @@ BAD = [
     (
         "unknown patch",
         lambda c: c["models"]["tiny"]["patches"].append("fold_all"),
-        ["models.tiny.patches[6]", "'fold_all'", "nchw_input"],
+        [f"models.tiny.patches[{len(default_recipe())}]", "'fold_all'", "nchw_input"],
     ),
     ("opset 19", lambda c: c.update(onnx={"opset": 19}), ["onnx.opset", "19", "<= 18"]),
     (
