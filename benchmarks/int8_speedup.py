@@ -45,18 +45,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{'off' if args.no_spinning else 'on'}")  # fmt: skip
     print("| threads | batch | model | p50 ms | p90 ms | min ms | speedup (p50) |")
     print("|---|---|---|---|---|---|---|")
-    speedups = []
+    speedups, spinning = [], set()
     for threads in _ints(args.threads):
         for batch in _ints(args.batch):
-            r = compare_speed(args.fp32, args.int8, batch, args.warmup, args.iterations, threads)
+            r = compare_speed(args.fp32, args.int8, batch, args.warmup, args.iterations, threads,
+                              spinning=not args.no_spinning)  # fmt: skip
             for key in ("fp32", "int8"):
                 s = r["stats"][key]
                 speed = f"{r['speedup']:.2f}x" if key == "int8" else "baseline"
                 print(f"| {threads} | {batch} | {key} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | "
                       f"{s['min_ms']:.1f} | {speed} |", flush=True)  # fmt: skip
             speedups.append(r["speedup"])
+            spinning.add("on" if r["spinning"] else "off")
     worst = min(speedups)
-    print(f"speedup (fp32 p50 / INT8 p50): worst {worst:.2f}x, best {max(speedups):.2f}x")
+    print(f"speedup (fp32 p50 / INT8 p50): worst {worst:.2f}x, best {max(speedups):.2f}x "
+          f"(thread spinning {'/'.join(sorted(spinning))})")  # fmt: skip
     return 1 if worst < args.min_speedup else 0
 
 

@@ -62,7 +62,7 @@ rule quantize_onnx:
         host_role=ROLE_CONVERT,
     params:
         int8=config["int8"],
-        code=code_hash("quantize", "calib", "manifest"),
+        code=code_hash("quantize", "patches", "calib", "manifest"),
     script:
         "../scripts/quantize_onnx.py"
 
@@ -85,7 +85,7 @@ rule write_calibration_cache:
         host_role=ROLE_CONVERT,
     params:
         algorithm=config["int8"]["trt_cache_algorithm"],
-        code=code_hash("quantize", "manifest"),
+        code=code_hash("quantize", "patches", "manifest"),
     script:
         "../scripts/write_calibration_cache.py"
 
@@ -109,7 +109,7 @@ rule check_int8_accuracy:
     params:
         gate=config["int8"]["gate"],
         threads=config["benchmark"]["threads"],
-        code=code_hash("int8_gate", "quantize", "calib", "bench", "stats", "manifest"),
+        code=code_hash("int8_gate", "quantize", "patches", "calib", "bench", "stats", "manifest"),
     script:
         "../scripts/check_int8_accuracy.py"
 
@@ -130,6 +130,6 @@ rule benchmark_int8:
         host_role=ROLE_CONVERT,
     params:
         bench=config["benchmark"],
-        code=code_hash("int8_bench", "bench", "stats", "quantize", "manifest"),
+        code=code_hash("int8_bench", "bench", "stats", "quantize", "patches", "manifest"),
     script:
         "../scripts/benchmark_int8.py"

@@ -167,6 +167,10 @@ def test_speedup_benchmark_script_prints_table_and_checks_floor(models):
     speedups = [float(r.split("|")[-2].strip().rstrip("x")) for r in rows if "int8" in r]
     assert all(s > 0 for s in speedups)
     assert f"worst {min(speedups):.2f}x" in ok.stdout
+    assert "(thread spinning on)" in ok.stdout
+    off = subprocess.run(argv + ["--batch", "1", "--no-spinning"], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert off.returncode == 0 and "(thread spinning off)" in off.stdout, off.stdout + off.stderr
     failed = subprocess.run(argv + ["--min-speedup", "1000"], capture_output=True, text=True,
                             timeout=300)  # fmt: skip
     assert failed.returncode == 1, failed.stdout

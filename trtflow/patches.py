@@ -802,7 +802,8 @@ def int64_to_int32(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
     return graph
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+def node_attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of attribute ``name`` of an ONNX node, or ``default``."""
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
@@ -830,7 +831,7 @@ def _decode_layout(model: onnx.ModelProto) -> dict[str, Any] | None:
 
     out = g.output[0].name
     cat1 = node(out, "Concat")
-    if cat1 is None or _attr(cat1, "axis") not in (2, -1) or len(cat1.input) != 3:
+    if cat1 is None or node_attr(cat1, "axis") not in (2, -1) or len(cat1.input) != 3:
         return None
     add, mul_wh, rest = (
         node(cat1.input[0], "Add"),
@@ -852,7 +853,7 @@ def _decode_layout(model: onnx.ModelProto) -> dict[str, Any] | None:
     if xy_slice.input[0] != sig.output[0] or wh_slice.input[0] != sig.output[0]:
         return None
     cat0 = node(sig.input[0], "Concat")
-    if cat0 is None or _attr(cat0, "axis") not in (1, -2):
+    if cat0 is None or node_attr(cat0, "axis") not in (1, -2):
         return None
     heads = []
     for r in cat0.input:
@@ -860,7 +861,11 @@ def _decode_layout(model: onnx.ModelProto) -> dict[str, Any] | None:
         t2 = node(r2.input[0], "Transpose") if r2 is not None else None
         r1 = node(t2.input[0], "Reshape") if t2 is not None else None
         t1 = node(r1.input[0], "Transpose") if r1 is not None else None
-        if t1 is None or _attr(t1, "perm") != [0, 2, 3, 1] or _attr(t2, "perm") != [0, 2, 1, 3]:
+        if (
+            t1 is None
+            or node_attr(t1, "perm") != [0, 2, 3, 1]
+            or node_attr(t2, "perm") != [0, 2, 1, 3]
+        ):
             return None
         shape = init.get(r1.input[1])
         if shape is None or shape.shape != (4,):
@@ -883,7 +888,7 @@ def _lean_decode_model(model: onnx.ModelProto, layout: dict[str, Any]) -> onnx.M
     g = m.graph
     prod = {o: n for n in g.node for o in n.output}
     stop = {h["x"] for h in layout["heads"]}
-    dead: set[str] = set()
+    dead: set[int] = set()  # id() of the old decode's nodes
     stack = [layout["output"]]
     while stack:  # the old decode: every node between the heads' outputs and the graph output
         n = prod.get(stack.pop())

@@ -188,15 +188,6 @@ def qdq_s8_to_u8(model: Any) -> tuple[Any, int]:
     return out, count
 
 
-def _attr(node: Any, name: str, default: Any = None) -> Any:
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def stem_space_to_depth(model: Any) -> tuple[Any, bool]:
     """Rewrite a quantized 6x6/stride-2/pad-2 stem Conv as SpaceToDepth(2) + 3x3/stride-1/pad-1.
 
@@ -212,17 +203,21 @@ def stem_space_to_depth(model: Any) -> tuple[Any, bool]:
     import onnx
     from onnx import helper, numpy_helper
 
+    from trtflow.patches import node_attr
+
     g = model.graph
     prod = {o: n for n in g.node for o in n.output}
     init = {i.name: i for i in g.initializer}
-    convs = [n for n in g.node if n.op_type == "Conv"]
+    convs = [i for i, n in enumerate(g.node) if n.op_type == "Conv"]
     if not convs:
         return model, False
-    conv = convs[0]
-    shape = (_attr(conv, "kernel_shape"), _attr(conv, "strides"), _attr(conv, "pads"))
-    if shape != ([6, 6], [2, 2], [2, 2, 2, 2]) or _attr(conv, "group", 1) != 1:
+    conv = g.node[convs[0]]
+    shape = (node_attr(conv, "kernel_shape"), node_attr(conv, "strides"), node_attr(conv, "pads"))
+    if shape != ([6, 6], [2, 2], [2, 2, 2, 2]) or node_attr(conv, "group", 1) != 1:
         return model, False
-    if _attr(conv, "dilations", [1, 1]) != [1, 1] or _attr(conv, "auto_pad", b"NOTSET") not in (
+    if node_attr(conv, "dilations", [1, 1]) != [1, 1] or node_attr(
+        conv, "auto_pad", b"NOTSET"
+    ) not in (
         b"NOTSET",
         "NOTSET",
     ):
@@ -244,11 +239,11 @@ def stem_space_to_depth(model: Any) -> tuple[Any, bool]:
     w = numpy_helper.to_array(init[w_name])
     if w.ndim != 4 or w.shape[2:] != (6, 6):
         return model, False
+    x_dq_index = next(i for i, n in enumerate(g.node) if n.output[:1] == x_dq.output[:1])
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    conv = next(n for n in g.node if n.name == conv.name and n.op_type == "Conv")
-    x_dq = next(n for n in g.node if x_dq.output[0] in n.output)
+    conv, x_dq = g.node[convs[0]], g.node[x_dq_index]  # the same nodes in the copy
     o, c = w.shape[:2]
     # SpaceToDepth channel (dy * 2 + dx) * C + c holds pixel (2y + dy, 2x + dx) of channel c.
     w2 = w.reshape(o, c, 3, 2, 3, 2).transpose(0, 3, 5, 1, 2, 4).reshape(o, 4 * c, 3, 3)
