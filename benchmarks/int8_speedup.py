@@ -7,7 +7,9 @@ Both models run in ONNX Runtime (CPU) with the same session options and threads,
 alternation (trtflow.int8_bench.compare_speed: one fp32 run, one INT8 run, repeated, each after
 a 50 ms pause; ONNX Runtime's default thread spinning unless --no-spinning). The fp32 model is
 the baseline measured in the same run. Prints one table row per (threads, batch, model) and the
-speedup (fp32 p50 / INT8 p50); exits 1 if any speedup is below --min-speedup.
+speedup (fp32 p50 / INT8 p50) with the CPU form of the INT8 model that was timed (the
+fastest whose integer kernels are exact on this CPU: trtflow.int8_bench.cpu_form); exits 1
+if any speedup is below --min-speedup.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trtflow.int8_bench import compare_speed, cpu_int8_flags  # noqa: E402
+from trtflow.cpu import cpu_label  # noqa: E402
+from trtflow.int8_bench import compare_speed  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
@@ -39,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    print(f"CPU INT8 extensions: {', '.join(cpu_int8_flags()) or 'none'}; "
+    print(f"CPU: {cpu_label()}; "
           f"onnxruntime {onnxruntime.__version__}; {args.iterations} alternating iterations "
           f"after {args.warmup} warm-up; thread spinning "
           f"{'off' if args.no_spinning else 'on'}")  # fmt: skip
-    print("| threads | batch | model | p50 ms | p90 ms | min ms | speedup (p50) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| threads | batch | model | p50 ms | p90 ms | min ms | speedup (p50) | INT8 CPU form |")
+    print("|---|---|---|---|---|---|---|---|")
     speedups, spinning = [], set()
     for threads in _ints(args.threads):
         for batch in _ints(args.batch):
@@ -53,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("fp32", "int8"):
                 s = r["stats"][key]
                 speed = f"{r['speedup']:.2f}x" if key == "int8" else "baseline"
+                form = "-"
+                if key == "int8":
+                    form = r["int8_form"] + ("" if r["comparable"] else " (NOT comparable)")
                 print(f"| {threads} | {batch} | {key} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | "
-                      f"{s['min_ms']:.1f} | {speed} |", flush=True)  # fmt: skip
+                      f"{s['min_ms']:.1f} | {speed} | {form} |", flush=True)  # fmt: skip
             speedups.append(r["speedup"])
             spinning.add("on" if r["spinning"] else "off")
     worst = min(speedups)

@@ -80,7 +80,10 @@ def main() -> None:
                 lat[k].append((time.perf_counter() - t) * 1e3)
 
     ref = outs["tensorflow (frozen pb)"]
-    print(f"\nthreads={args.threads} rounds={args.rounds} batch=1 cpu_count={os.cpu_count()}")
+    from trtflow.cpu import cpu_label
+
+    print(f"\nCPU: {cpu_label()}; threads={args.threads} rounds={args.rounds} batch=1 "
+          f"cpu_count={os.cpu_count()}")  # fmt: skip
     print(f"{'runtime':28s} {'p50 ms':>9s} {'p90 ms':>9s} {'max rel err vs TF':>18s}")
     stats = {k: percentiles(v) for k, v in lat.items()}
     for k in runners:

@@ -12,6 +12,7 @@ rule benchmark_onnx:
         bench_of("benchmark_onnx", "{model}/{imgsz}/b{batch}")
     conda:
         "../envs/trtflow.yaml"
+    threads: get_bench_threads
     resources:
         host_role=ROLE_CONVERT,
     params:

@@ -9,6 +9,7 @@ from pathlib import Path
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
+from trtflow.codehash import code_hash as _code_hash  # noqa: E402
 from trtflow.config import validate_config  # noqa: E402
 from trtflow.errors import TrtflowError  # noqa: E402
 
@@ -70,13 +71,11 @@ wildcard_constraints:
 
 
 # ---------------------------------------------------------------- code that scripts import
-# Snakemake does not notice edits to modules a script imports; each rule passes the hash of
-# the trtflow modules it runs as a param, so a code change reruns exactly the affected stage.
+# Snakemake does not notice edits to modules a script imports; each rule passes a hash of its
+# stage module's import closure (computed from the imports, trtflow/codehash.py) as a param,
+# so a code change reruns exactly the stages that run that code.
 def code_hash(*modules):
-    h = hashlib.sha256()
-    for name in ("errors", *modules):
-        h.update((REPO / "trtflow" / f"{name}.py").read_bytes())
-    return h.hexdigest()[:16]
+    return _code_hash("errors", *modules)
 
 
 # ---------------------------------------------------------------- zoo expansion
@@ -176,6 +175,13 @@ def get_patch_params(wildcards):
 def get_parity_params(wildcards):
     m = MODELS[wildcards.model]
     return {**config["parity"], "box_format": m["box_format"], "image_size": int(wildcards.imgsz)}
+
+
+def get_bench_threads(wildcards):
+    """A CPU benchmark job takes every core Snakemake was given (--cores), so no other job runs
+    beside it while it times; without --cores (cluster executors, where each job gets its own
+    allocation) it asks for benchmark.threads cores (at least one)."""
+    return workflow.resource_settings.cores or max(1, config["benchmark"]["threads"])
 
 
 # ---------------------------------------------------------------- INT8 (rules/quantize.smk)

@@ -126,6 +126,7 @@ rule benchmark_int8:
         bench_of("benchmark_int8", "{model}/{imgsz}/b{batch}")
     conda:
         "../envs/trtflow.yaml"
+    threads: get_bench_threads
     resources:
         host_role=ROLE_CONVERT,
     params:

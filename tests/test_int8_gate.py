@@ -133,6 +133,26 @@ def test_benchmark_int8_side_by_side(models, tmp_path):
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["batch"] == 2 and len(saved["latencies_ms"]["int8"]) == 3
     assert r["speedup"] == pytest.approx(r["fp32_p50_ms"] / r["int8_p50_ms"])
+    # the CPU beside the timing, and the INT8 form timed is one whose kernels are exact here
+    assert saved["cpu"]["model"] and "isa" in saved["cpu"]
+    probes = saved["int8_kernel_probes"]
+    assert saved["int8_form"] == ("u8" if probes["u8"]["exact"] else "s8")
+    assert saved["comparable"] == probes[saved["int8_form"]]["exact"]
+
+
+def test_int8_kernel_probe_matches_the_instruction_set():
+    """ONNX Runtime's fused uint8 x int8 Conv saturates 16-bit pair sums without VNNI/AMX: the
+    probe must see that (it is why the gate never uses those kernels)."""
+    from trtflow.cpu import cpu_info
+    from trtflow.int8_bench import probe_int8_kernels
+
+    u8 = probe_int8_kernels("u8")
+    assert u8["fused"]  # the probe's Conv does reach the integer kernel
+    if not cpu_info()["int8_dot"]:
+        assert not u8["exact"] and u8["max_error_lsb"] > 1
+    s8 = probe_int8_kernels("s8")
+    if not s8["fused"]:  # a Conv run in float between Q/DQ pairs is exact
+        assert s8["exact"]
 
 
 def test_summary_int8_columns(tmp_path):
@@ -142,12 +162,18 @@ def test_summary_int8_columns(tmp_path):
     g = tmp_path / "results/int8_gate/toy/64/gate.json"
     b.parent.mkdir(parents=True)
     g.parent.mkdir(parents=True)
-    b.write_text(json.dumps({"batch": 1, "int8_p50_ms": 12.345, "speedup": 2.345}))
+    b.write_text(json.dumps({"batch": 1, "int8_p50_ms": 12.345, "fp32_p50_ms": 28.95,
+                             "speedup": 2.345, "int8_form": "s8", "comparable": True}))  # fmt: skip
     g.write_text(json.dumps({"map50_vs_fp32": 0.87654}))
     rows = collect_rows([], [], [], [], [], int8_bench=[str(b)], int8_gate=[str(g)])
     assert {"cpu_int8_p50_ms", "int8_speedup", "int8_map_vs_fp32"} <= set(COLUMNS)
     assert rows[0]["cpu_int8_p50_ms"] == 12.35 and rows[0]["int8_speedup"] == 2.35
+    assert rows[0]["int8_job_fp32_p50_ms"] == 28.95 and rows[0]["int8_cpu_form"] == "s8"
     assert rows[0]["int8_map_vs_fp32"] == 0.877
+    b.write_text(json.dumps({"batch": 1, "int8_p50_ms": 1.0, "fp32_p50_ms": 2.0, "speedup": 2.0,
+                             "int8_form": "u8", "comparable": False}))  # fmt: skip
+    rows = collect_rows([], [], [], [], [], int8_bench=[str(b)])
+    assert rows[0]["int8_speedup"].startswith("not comparable")
 
 
 def test_speedup_benchmark_script_prints_table_and_checks_floor(models):
@@ -164,7 +190,11 @@ def test_speedup_benchmark_script_prints_table_and_checks_floor(models):
     assert ok.returncode == 0, ok.stderr
     rows = [line for line in ok.stdout.splitlines() if line.startswith("| 1 |")]
     assert len(rows) == 4 and sum("baseline" in r for r in rows) == 2, ok.stdout
-    speedups = [float(r.split("|")[-2].strip().rstrip("x")) for r in rows if "int8" in r]
+    header = next(line for line in ok.stdout.splitlines() if line.startswith("| threads"))
+    col = [c.strip() for c in header.split("|")].index("speedup (p50)")
+    speedups = [float(r.split("|")[col].strip().rstrip("x")) for r in rows if "| int8 |" in r]
+    assert len(speedups) == 2
+    assert "CPU: " in ok.stdout and ("| s8 |" in ok.stdout or "| u8 |" in ok.stdout)
     assert all(s > 0 for s in speedups)
     assert f"worst {min(speedups):.2f}x" in ok.stdout
     assert "(thread spinning on)" in ok.stdout

@@ -3,25 +3,40 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trtflow.cpu import cpu_info
 from trtflow.manifest import write_json
 from trtflow.stats import percentiles
 
 log = logging.getLogger(__name__)
 
 
-def make_session(model: str | Path | Any, threads: int = 0, spinning: bool = True) -> Any:
+def make_session(
+    model: str | Path | Any,
+    threads: int = 0,
+    spinning: bool = True,
+    exact: bool = False,
+    optimized_path: str | Path | None = None,
+) -> Any:
     """An ONNX Runtime CPU session with full graph optimisation and ``threads`` intra-op threads.
 
     ``spinning=False`` stops idle worker threads from busy-waiting after a run; use it when
     several sessions (or TF) are timed interleaved, or one session's spinning threads steal the
     cores of the next.
+
+    ``exact=True`` is for accuracy, never for speed: no graph optimisation and no QDQ fusion,
+    so every node runs as written — feed it ``trtflow.quantize.load_exact``'s integer form of a
+    Q/DQ model, whose Convs sum int8 products exactly (TensorRT's arithmetic) on every CPU. The
+    fused integer kernels ONNX Runtime picks otherwise depend on the instruction set: without
+    VNNI its U8S8 path sums products in saturating 16-bit pairs, so a Q/DQ model computes other
+    numbers on an AVX2 CPU than on an AVX-512 VNNI one (``trtflow.int8_bench``).
+
+    ``optimized_path`` saves the graph ONNX Runtime actually runs (to see which kernels fused).
     """
     import onnxruntime as ort
 
@@ -32,6 +47,11 @@ def make_session(model: str | Path | Any, threads: int = 0, spinning: bool = Tru
     opts.inter_op_num_threads = 1
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if exact:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
@@ -82,7 +102,7 @@ def benchmark_onnx(
         "runtime": "onnxruntime-cpu",
         "batch": batch,
         "threads": threads,
-        "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),
         "warmup": warmup,
         "iterations": iterations,
         "timed_before_nms": has_nms,

@@ -22,6 +22,7 @@ def _batch(value: str) -> int | str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trtflow", description=__doc__)
     p.add_argument("--log", help="also write the log to this file")
+    p.add_argument("--debug", action="store_true", help="print tracebacks on stderr too")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("export-saved-model", help="Keras YOLOv5 -> TF SavedModel")
@@ -321,7 +322,7 @@ def _engine_dispatch(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    result = run_stage(lambda: dispatch(args), args.log)
+    result = run_stage(lambda: dispatch(args), args.log, debug=args.debug)
     if isinstance(result, dict):
         json.dump({k: v for k, v in result.items() if k != "steps"}, sys.stdout, indent=2)
         print()

@@ -212,13 +212,18 @@ def error_stats(int8: np.ndarray, fp32: np.ndarray) -> dict[str, float]:
 
 # ---------------------------------------------------------------- running models
 class _Model:
-    """An ONNX (fp32 or Q/DQ) in ONNX Runtime CPU, fed NCHW images in its own layout/batch."""
+    """An ONNX (fp32 or Q/DQ) in ONNX Runtime CPU, fed NCHW images in its own layout/batch.
+
+    A Q/DQ model runs in its ``integer_form`` with graph optimisations off — TensorRT's int8
+    arithmetic, the same on every CPU — never through ONNX Runtime's fused integer kernels,
+    whose results depend on the instruction set (README "INT8").
+    """
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         from trtflow.bench import make_session
-        from trtflow.quantize import load_for_cpu
+        from trtflow.quantize import load_exact
 
-        self.session = make_session(load_for_cpu(path), threads)
+        self.session = make_session(load_exact(path), threads, exact=True)
         self.input = self.session.get_inputs()[0]
         dim0 = self.input.shape[0]
         self.batch = dim0 if isinstance(dim0, int) and dim0 > 0 else 1

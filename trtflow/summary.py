@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trtflow.cpu import cpu_label
 from trtflow.manifest import atomic_path, read_json
 
 COLUMNS = [
@@ -20,12 +21,15 @@ COLUMNS = [
     "parity_max_rel",
     "cpu_p50_ms",
     "cpu_batch",
+    "int8_job_fp32_p50_ms",
     "cpu_int8_p50_ms",
     "int8_speedup",
+    "int8_cpu_form",
     "int8_map_vs_fp32",
     "pb_mb",
     "onnx_raw_mb",
     "onnx_patched_mb",
+    "cpu",
 ]
 
 
@@ -68,12 +72,20 @@ def collect_rows(
         r = row(p)
         if "cpu_batch" not in r or m["batch"] < r["cpu_batch"]:
             r.update(cpu_p50_ms=round(m["p50_ms"], 2), cpu_batch=m["batch"])
-    for p in int8_bench:  # optional (int8.enabled): INT8 timed side by side with fp32
+            if "cpu" in m:
+                r.update(cpu=cpu_label(m["cpu"]))
+    # INT8 and the fp32 it is compared with, timed side by side in one job: the speedup is the
+    # ratio of these two columns, never of numbers from different jobs
+    for p in int8_bench:  # optional (int8.enabled)
         m = read_json(p)
         r = row(p)
         if "_int8_batch" not in r or m["batch"] < r["_int8_batch"]:
+            comparable = m.get("comparable", True)
             r.update(cpu_int8_p50_ms=round(m["int8_p50_ms"], 2), _int8_batch=m["batch"],
-                     int8_speedup=round(m["speedup"], 2))  # fmt: skip
+                     int8_job_fp32_p50_ms=round(m["fp32_p50_ms"], 2),
+                     int8_cpu_form=m.get("int8_form", ""),
+                     int8_speedup=round(m["speedup"], 2) if comparable
+                     else "not comparable (inexact int8 kernels)")  # fmt: skip
     for p in int8_gate:  # mAP@.5 of INT8 detections with fp32's as ground truth
         row(p).update(int8_map_vs_fp32=round(read_json(p)["map50_vs_fp32"], 3))
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], int(k[1])))]

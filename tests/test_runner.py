@@ -1,0 +1,44 @@
+"""The runner: every failure becomes one line on stderr and in the job log, with its cause."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+CASES = {
+    "trtflow": ("raise TrtflowError('model x is bad', 'use y')", "model x is bad — fix: use y",
+                False),
+    "value": ("raise ValueError('Got invalid dimensions for input: x:0\\nmore')",
+              "ValueError: Got invalid dimensions for input: x:0 — fix: see the traceback", True),
+    "disk full": ("raise OSError(errno.ENOSPC, 'No space left on device', '/r/model.onnx')",
+                  "No space left on device (/r/model.onnx) — fix: free disk space", True),
+    "not a dir": ("raise NotADirectoryError(errno.ENOTDIR, 'Not a directory', 'results/pb')",
+                  "Not a directory (results/pb) — fix: a part of the path is a file", True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("debug", [False, True])
+def test_any_failure_is_one_line_with_the_cause_in_the_log(tmp_path, case, debug):
+    body, line, traced = CASES[case]
+    log = tmp_path / "logs" / "stage.log"
+    code = (
+        "import errno\nfrom trtflow.errors import TrtflowError\n"
+        "from trtflow.runner import run_stage\n"
+        f"def stage():\n    {body}\n"
+        f"run_stage(stage, {str(log)!r}, debug={debug})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == (2 if traced and debug else 1), proc.stderr
+    assert line in errors[0]
+    text = log.read_text()
+    assert line in text
+    assert ("Traceback (most recent call last)" in text) is traced
+    assert ("Traceback (most recent call last)" in proc.stderr) is (traced and debug)
