@@ -6,6 +6,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+include: "rules/configfile.smk"
+
+
 configfile: "config.yaml"
 
 

@@ -3,6 +3,7 @@
 # host, including one that only has Snakemake.
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,29 @@ def check_model_paths():
 
 
 check_model_paths()
+
+
+def check_output_folders():
+    """results/, logs/ and benchmarks/ must be writable folders: a file in their place or a
+    read-only working directory fails in the first second, naming the path."""
+    if workflow.storage_settings.default_storage_provider:
+        return
+    for folder in ("results", "logs", "benchmarks"):
+        path = Path(folder)
+        if path.exists() and not path.is_dir():
+            raise WorkflowError(
+                f"{path.resolve()} is a file, but trtflow writes its {folder} there "
+                "— fix: move or rename that file, then rerun"
+            )
+        target = path if path.exists() else Path(".")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise WorkflowError(
+                f"{target.resolve()} is not writable — fix: run from a directory you can "
+                "write to (snakemake -d <dir>), or change its permissions"
+            )
+
+
+check_output_folders()
 
 # Host role of every rule: the machine kind it must run on. Profiles route by it
 # (see profiles/ and README "Hosts"); the rules carry it as resources.host_role.

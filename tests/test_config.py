@@ -99,3 +99,43 @@ def test_cli_validate_config(tmp_path):
     proc = run_cli("validate-config", str(path))
     assert proc.returncode == 1
     assert "image_sizes[0]: 33 is not a multiple of 32" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("models:\n  a:\n    source: builtin\n  a:\n    source: pb\n",
+         ["line 4: duplicate key 'a' (first given at line 2)", "remove or rename"]),
+        ("models:\n\ta:\n    source: builtin\n", ["line 2, column 1", "indent with spaces"]),
+        ("models: [unclosed\n", ["line 2, column 1", "fix the YAML syntax"]),
+    ],
+)  # fmt: skip
+def test_config_file_errors_name_the_line(tmp_path, workdir, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(TrtflowError) as err:
+        load_config(path)
+    for w in words:
+        assert w in str(err.value)
+    (workdir.path / "config.yaml").write_text(text)  # the workflow refuses it the same way
+    proc = workdir.snakemake("-n", check=False)
+    assert proc.returncode != 0
+    assert all(w in proc.stdout + proc.stderr for w in words), proc.stderr[-2000:]
+
+
+def test_dynamic_profile_order_is_checked_at_parse(workdir):
+    cfg = tiny_config(engine={"dynamic_profiles": [{"min": 4, "opt": 2, "max": 8}]})
+    with pytest.raises(TrtflowError, match=r"engine.dynamic_profiles\[0\]: min 4, opt 2"):
+        validate_config(cfg)
+    workdir.write_config(cfg)
+    proc = workdir.snakemake("-n", check=False)
+    assert proc.returncode != 0 and "min <= opt <= max" in proc.stdout + proc.stderr
+
+
+def test_results_that_is_a_file_fails_in_one_line(workdir):
+    workdir.write_config(tiny_config())
+    (workdir.path / "results").write_text("not a folder")
+    proc = workdir.snakemake("-n", check=False)
+    assert proc.returncode != 0
+    assert "results is a file, but trtflow writes its results there" in proc.stdout + proc.stderr
+    assert "NotADirectoryError" not in proc.stdout + proc.stderr

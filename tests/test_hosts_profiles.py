@@ -16,7 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
-PROFILE_NAMES = ["local", "slurm", "s3", "train", "convert", "device"]
+PROFILE_NAMES = ["default", "local", "slurm", "s3", "train", "convert", "device"]
 # Aggregate targets (Snakefile) each host profile may run besides its role's rules.
 HOST_PROFILES = {
     "train": ("train", {"pb"}),
@@ -57,7 +57,7 @@ def test_profile_is_snakemake9_format_and_shows_failed_logs(name):
     cfg = profile(name)
     assert cfg["show-failed-logs"] is True
     assert cfg["rerun-incomplete"] is True
-    if name not in ("local", "slurm"):
+    if name not in ("default", "local", "slurm"):
         assert cfg["default-storage-provider"] == "s3"
         assert cfg["default-storage-prefix"].startswith("s3://$TRTFLOW_BUCKET/")
         # credentials and endpoint only from the environment

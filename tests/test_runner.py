@@ -42,3 +42,28 @@ def test_any_failure_is_one_line_with_the_cause_in_the_log(tmp_path, case, debug
     assert line in text
     assert ("Traceback (most recent call last)" in text) is traced
     assert ("Traceback (most recent call last)" in proc.stderr) is (traced and debug)
+
+
+def test_stale_temporaries_of_killed_jobs_are_removed(tmp_path):
+    import os
+
+    from trtflow.manifest import atomic_path
+
+    final = tmp_path / "saved_model" / "320"
+    final.parent.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    stale = final.with_name(f".320.tmp-{dead}")
+    stale.mkdir()
+    (stale / "half-written.pb").write_bytes(b"x")
+    live = final.with_name(f".320.tmp-{os.getppid()}")  # a running process's temp stays
+    live.mkdir()
+    with atomic_path(final, is_dir=True) as tmp:
+        tmp.mkdir()
+        (tmp / "saved_model.pb").write_bytes(b"ok")
+    assert (final / "saved_model.pb").read_bytes() == b"ok"
+    assert not stale.exists() and live.exists()
+    with pytest.raises(ValueError), atomic_path(tmp_path / "x.json") as tmp:
+        tmp.write_text("half")
+        raise ValueError("disk went away")
+    assert not list(tmp_path.glob(".x.json.tmp-*")) and not (tmp_path / "x.json").exists()

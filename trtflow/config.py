@@ -112,16 +112,78 @@ def validate_config(
         raise TrtflowError(f"{source}: {_key_path(best)}: {what}", fix)
     out = copy.deepcopy(config)
     _set_defaults(out, schema, schema)
+    check_cross_fields(out, source)
     return out
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise TrtflowError(
+                f"{key_node.start_mark.name}: line {line}: duplicate key {key!r} (first given at "
+                f"line {seen[key]}); YAML keeps only the last one",
+                "remove or rename one of the two entries",
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file strictly: a syntax error names the line and column, and a duplicate
+    key names both lines (TrtflowError)."""
     path = Path(path)
     if not path.is_file():
-        raise TrtflowError(f"{path}: config file not found", "pass an existing YAML file")
+        what = "is a directory" if path.is_dir() else "not found"
+        raise TrtflowError(f"{path}: config file {what}", "pass an existing YAML file")
+    text = path.read_text(encoding="utf-8")
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
+        loader = _StrictLoader(text)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        tab = "\t" in line[: (mark.column + 1) if mark else 0] or "\t" in (exc.problem or "")
+        fix = "indent with spaces, not tabs" if tab else "fix the YAML syntax there"
+        raise TrtflowError(f"{path}: {where}: {exc.problem or exc}", fix) from None
     except yaml.YAMLError as exc:
-        raise TrtflowError(f"{path}: not valid YAML ({exc})", "fix the YAML syntax") from exc
+        raise TrtflowError(f"{path}: not valid YAML ({exc})", "fix the YAML syntax") from None
+
+
+def check_cross_fields(config: dict[str, Any], source: str = "config") -> None:
+    """Rules between keys that a JSON Schema cannot say (run after defaults are filled)."""
+    for i, p in enumerate(config.get("engine", {}).get("dynamic_profiles", [])):
+        if not p["min"] <= p["opt"] <= p["max"]:
+            raise TrtflowError(
+                f"{source}: engine.dynamic_profiles[{i}]: min {p['min']}, opt {p['opt']}, "
+                f"max {p['max']} is not ordered",
+                "use min <= opt <= max",
+            )
+    for name, m in config.get("models", {}).items():
+        if m.get("source") == "pb" and len(m.get("image_sizes") or []) > 1:
+            raise TrtflowError(
+                f"{source}: models.{name}.image_sizes: a frozen pb has one input size, "
+                f"{len(m['image_sizes'])} were given",
+                f"give models.{name}.image_sizes one size (the graph's), or none to discover it",
+            )
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    raw = read_yaml(path) or {}
     return validate_config(raw, source=str(path))

@@ -76,11 +76,38 @@ def command_line(argv: Sequence[str]) -> str:
     return shlex.join(str(a) for a in argv)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(final: str | Path) -> list[Path]:
+    """Remove ``.<name>.tmp-<pid>`` siblings of ``final`` left by killed jobs (their process is
+    gone); a live writer's temp is left alone. Returns what was removed."""
+    final = Path(final)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling path; move it to ``final`` only if the block succeeds."""
+    """Yield a temporary sibling path; move it to ``final`` only if the block succeeds (on any
+    failure the temporary is removed; stale ones of killed jobs are removed first)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

@@ -1,0 +1,25 @@
+# Read the config files strictly before Snakemake loads them: a YAML error names its line and
+# column (Snakemake's own loader says only "not valid JSON or YAML"), and a key given twice is
+# refused with both lines (YAML would keep the last one silently). Snakemake only, no heavy imports.
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir)))
+
+from trtflow.config import read_yaml  # noqa: E402
+from trtflow.errors import TrtflowError  # noqa: E402
+
+
+def check_config_files():
+    files = [*workflow.overwrite_configfiles]
+    if Path("config.yaml").exists():
+        files.insert(0, "config.yaml")
+    for path in files:
+        try:
+            read_yaml(path)
+        except TrtflowError as exc:
+            raise WorkflowError(str(exc)) from None
+
+
+check_config_files()
