@@ -139,3 +139,11 @@ def test_results_that_is_a_file_fails_in_one_line(workdir):
     assert proc.returncode != 0
     assert "results is a file, but trtflow writes its results there" in proc.stdout + proc.stderr
     assert "NotADirectoryError" not in proc.stdout + proc.stderr
+
+
+def test_one_of_keys_list_every_alternative():
+    for bad in ("four", 0, 5000):
+        with pytest.raises(TrtflowError) as err:
+            validate_config(tiny_config({"t": tiny_model(batch=bad)}))
+        assert f"models.t.batch: {bad!r} is not valid" in str(err.value)
+        assert "use dynamic or an integer >= 1 and <= 1024" in str(err.value)

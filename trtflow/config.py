@@ -75,6 +75,22 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
     return (error.message, desc or "see schemas/config.schema.yaml")
 
 
+def _alternative(sub: dict[str, Any], root: dict[str, Any]) -> str:
+    """A oneOf alternative in words: ``dynamic`` / ``an integer >= 1``."""
+    if "$ref" in sub:
+        sub = root["$defs"][sub["$ref"].split("/")[-1]]
+    if "enum" in sub:
+        return " or ".join(map(str, sub["enum"]))
+    if "const" in sub:
+        return str(sub["const"])
+    kind = {"integer": "an integer", "number": "a number", "string": "a string"}.get(
+        sub.get("type", ""), "a value"
+    )
+    bounds = [f">= {sub['minimum']}" if "minimum" in sub else "",
+              f"<= {sub['maximum']}" if "maximum" in sub else ""]  # fmt: skip
+    return " ".join([kind, " and ".join(b for b in bounds if b)]).strip()
+
+
 def _set_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
     """Fill defaults of object properties in place (recursively, after validation)."""
     if "$ref" in schema:
@@ -109,6 +125,10 @@ def validate_config(
         # descend into oneOf/anyOf to the most specific message
         best = jsonschema.exceptions.best_match([err])
         what, fix = _describe(best if best.validator != "oneOf" else err)
+        one_of = best if best.validator == "oneOf" else best.parent
+        if one_of is not None and one_of.validator == "oneOf":
+            options = [_alternative(sub, schema) for sub in one_of.validator_value]
+            what, fix = f"{one_of.instance!r} is not valid", "use " + " or ".join(options)
         raise TrtflowError(f"{source}: {_key_path(best)}: {what}", fix)
     out = copy.deepcopy(config)
     _set_defaults(out, schema, schema)
