@@ -53,6 +53,8 @@ class PatchOptions:
     score_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 100
+    #: Row order of the decoded predictions export_pb recorded (``trtflow.discover``), if known.
+    decode_layout: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
@@ -955,6 +957,14 @@ def lean_decode(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
     (ONNX Runtime CPU: ~1-2 ms less at 640). Other decode layouts are left as they are.
     """
     patch = "lean_decode"
+    if options.decode_layout not in (None, "anchor_y_x"):
+        log.info(
+            "%s: decode rows are ordered %s (export_pb), not trtflow's builtin anchor_y_x; "
+            "left as is",
+            patch,
+            options.decode_layout,
+        )
+        return graph
     model = gs.export_onnx(graph)
     layout = _decode_layout(model)
     if layout is None:
