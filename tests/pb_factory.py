@@ -3,8 +3,9 @@
 ``other_exporter_pb`` writes the layout a widely used TensorFlow YOLOv5 exporter produces:
 NHWC input ``x:0`` ``[1,H,W,3]`` (batch fixed at 1), output ``Identity:0`` ``[1,N,5+C]`` with
 xywh normalised to 0-1 and the rows of each level ordered (y, x, anchor) — not the built-in
-(anchor, y, x). The head convolutions and their weights are the built-in model's, so the
-detections are the built-in model's own, reordered and divided by the image size.
+(anchor, y, x), and a Reshape that hard-codes the batch 1. The head convolutions and their
+weights are the built-in model's, so the detections are the built-in model's own, reordered
+and divided by the image size.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def other_exporter_pb(
             yv, xv = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
             grid = np.stack([xv, yv], -1).reshape(1, ny * nx, 1, 2).astype(np.float32) - 0.5
             anchor_grid = np.asarray(anchors, np.float32).reshape(1, 1, na, 2) * 4
-            y = tf.reshape(raw, [-1, ny * nx, na, no])  # rows: (y, x), then anchor
+            # rows: (y, x), then anchor; the static batch (1) written into the shape, as
+            # exporters that read x.shape[0] do (fix_batch must free it for a dynamic batch)
+            y = tf.reshape(raw, [x.shape[0], ny * nx, na, no])
             s = tf.sigmoid(y)
             xy = (s[..., 0:2] * 2 + grid) * stride / image_size
             wh = s[..., 2:4] ** 2 * anchor_grid / image_size
