@@ -466,9 +466,7 @@ def _batch_carriers(graph: gs.Graph) -> set[str]:
             for vi in m.graph.value_info
             if vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value
         })  # fmt: skip
-    return {
-        name for name, lead in leads[0].items() if (lead, leads[1].get(name)) == _TRACE_BATCHES
-    }
+    return {name for name, lead in leads[0].items() if (lead, leads[1].get(name)) == _TRACE_BATCHES}
 
 
 def _free_reshape(
