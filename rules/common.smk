@@ -181,7 +181,7 @@ def get_export_params(wildcards):
         "input_name": m["input_name"],
         "output_name": m["output_name"],
         "image_size": int(wildcards.imgsz),
-        "box_format": configured(wildcards.model, "box_format"),
+        "box_format": m["box_format"],
         "decode_layout": m["decode_layout"],
     }
 
@@ -192,17 +192,14 @@ def get_patch_params(wildcards):
         "recipe": m["patches"],
         "image_size": int(wildcards.imgsz),
         "batch": m["batch"],
-        "box_format": configured(wildcards.model, "box_format"),
+        "box_format": m["box_format"],
         "nms": m["nms"],
     }
 
 
 def get_parity_params(wildcards):
-    return {
-        **config["parity"],
-        "box_format": configured(wildcards.model, "box_format"),
-        "image_size": int(wildcards.imgsz),
-    }
+    m = MODELS[wildcards.model]
+    return {**config["parity"], "box_format": m["box_format"], "image_size": int(wildcards.imgsz)}
 
 
 # ---------------------------------------------------------------- INT8 (rules/quantize.smk)
