@@ -75,6 +75,8 @@ def test_pbinfo_refuses_what_is_not_a_graph(tmp_path):
     bad.write_bytes(np.random.default_rng(0).bytes(512))
     assert pbinfo.image_input(bad) is None
     assert pbinfo.image_input(tmp_path / "missing.pb") is None
+    (tmp_path / "empty.pb").write_bytes(b"")
+    assert pbinfo.image_input(tmp_path / "empty.pb") is None
     with pytest.raises(ValueError):
         pbinfo.placeholders(bad)
 
