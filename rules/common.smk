@@ -14,6 +14,13 @@ from trtflow.codehash import code_hash as _code_hash  # noqa: E402
 from trtflow.config import validate_config  # noqa: E402
 from trtflow.errors import TrtflowError  # noqa: E402
 
+# The keys each model entry sets itself (before the schema fills defaults): a value the
+# config gives always overrides what trtflow discovers about a user's model.
+CONFIGURED = {
+    name: set(entry) if isinstance(entry, dict) else set()
+    for name, entry in (dict(config).get("models") or {}).items()
+}
+
 try:
     _validated = validate_config(
         dict(config),
@@ -103,8 +110,23 @@ def code_hash(*modules):
 
 
 # ---------------------------------------------------------------- zoo expansion
+from trtflow.pbinfo import image_input  # noqa: E402  (pure Python: no TensorFlow)
+
+
+def configured(model, key):
+    """The model entry's own value of ``key``, or None when the schema default fills it."""
+    return MODELS[model][key] if key in CONFIGURED.get(model, ()) else None
+
+
 def model_image_sizes(model):
-    return MODELS[model]["image_sizes"]
+    """A pb's size is read from its graph's input unless image_sizes is configured (export_pb
+    checks the two agree); without a readable fixed size, the schema default."""
+    m = MODELS[model]
+    if m["source"] == "pb" and configured(model, "image_sizes") is None and m["path"]:
+        found = image_input(m["path"], m["input_name"])
+        if found is not None and found.image_size:
+            return [found.image_size]
+    return m["image_sizes"]
 
 
 def model_batch_sizes(model):
@@ -182,6 +204,8 @@ def get_export_params(wildcards):
         "input_name": m["input_name"],
         "output_name": m["output_name"],
         "image_size": int(wildcards.imgsz),
+        "box_format": m["box_format"],
+        "decode_layout": m["decode_layout"],
     }
 
 

@@ -38,6 +38,6 @@ rule export_pb:
         host_role=ROLE_TRAIN,
     params:
         model=get_export_params,
-        code=code_hash("export", "tfgraph", "manifest"),
+        code=code_hash("export", "tfgraph", "discover", "yolov5", "manifest"),
     script:
         "../scripts/export_pb.py"

@@ -4,6 +4,7 @@
 rule patch_onnx:
     input:
         onnx=ONNX_RAW,
+        pb_manifest=manifest(PB),
     output:
         onnx=ONNX_PATCHED,
         manifest=manifest(ONNX_PATCHED),
@@ -17,6 +18,6 @@ rule patch_onnx:
         host_role=ROLE_CONVERT,
     params:
         patch=get_patch_params,
-        code=code_hash("patch", "patches", "manifest"),
+        code=code_hash("patch", "patches", "discover", "manifest"),
     script:
         "../scripts/patch_onnx.py"

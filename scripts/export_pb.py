@@ -19,6 +19,8 @@ def main(smk):
             input_name=m["input_name"],
             output_name=m["output_name"],
             manifest_path=smk.output.manifest,
+            box_format=m["box_format"],
+            decode_layout=m["decode_layout"],
         ),
         smk.log[0],
     )

@@ -20,6 +20,7 @@ def main(smk):
             box_format=p["box_format"],
             nms=p["nms"],
             manifest_path=smk.output.manifest,
+            pb_manifest=smk.input.pb_manifest,
         ),
         smk.log[0],
     )

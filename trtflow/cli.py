@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trtflow.config import default_recipe
+from trtflow.discover import BOX_FORMATS, DECODE_LAYOUTS
 from trtflow.runner import run_stage
 
 
@@ -38,9 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--source-path", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--source", default="builtin", choices=["builtin", "keras", "saved_model", "pb"])
-    s.add_argument("--image-size", type=int, default=640)
+    s.add_argument("--image-size", type=int, help="default: the size the graph's input fixes")
     s.add_argument("--input-name")
     s.add_argument("--output-name")
+    s.add_argument("--box-format", choices=BOX_FORMATS, help="default: discovered")
+    s.add_argument("--decode-layout", choices=DECODE_LAYOUTS, help="default: discovered")
 
     s = sub.add_parser("convert", help="model.pb -> ONNX (tf2onnx)")
     s.add_argument("--pb", required=True)
@@ -57,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--recipe", default=",".join(default_recipe()), help="comma-separated patch names"
     )
-    s.add_argument("--box-format", default="pixels", choices=["pixels", "normalized"])
+    s.add_argument("--box-format", choices=BOX_FORMATS, help="default: --pb-manifest's, or pixels")
+    s.add_argument("--pb-manifest", help="export-pb's manifest (box format, decode layout)")
 
     s = sub.add_parser("benchmark", help="ONNX Runtime CPU latency of an ONNX")
     s.add_argument("--onnx", required=True)
@@ -207,7 +211,7 @@ def dispatch(args: argparse.Namespace) -> Any:
 
         return export_pb(
             args.source_path, args.out, args.source, args.image_size, args.input_name,
-            args.output_name,
+            args.output_name, box_format=args.box_format, decode_layout=args.decode_layout,
         )  # fmt: skip
     if cmd == "convert":
         from trtflow.convert import check_opset, convert_pb_to_onnx
@@ -220,7 +224,7 @@ def dispatch(args: argparse.Namespace) -> Any:
 
         return patch_onnx(
             args.onnx, args.out, args.recipe.split(","), args.image_size, args.batch,
-            args.box_format,
+            args.box_format, pb_manifest=args.pb_manifest,
         )  # fmt: skip
     if cmd == "benchmark":
         from trtflow.bench import benchmark_onnx

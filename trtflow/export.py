@@ -136,17 +136,22 @@ def export_pb(
     source_path: str | Path,
     out_pb: str | Path,
     source: str = "builtin",
-    image_size: int = 640,
+    image_size: int | None = 640,
     input_name: str | None = None,
     output_name: str | None = None,
     manifest_path: str | Path | None = None,
+    box_format: str | None = None,
+    decode_layout: str | None = None,
 ) -> dict[str, Any]:
     """Freeze a SavedModel to ``model.pb``, or validate and copy a user's frozen pb.
 
     The chosen input/output tensor names, shapes and layout go into the manifest, which the
     later stages read; a wrong or ambiguous name fails here, listing the names that exist.
+    The graph is run on test images (``trtflow.discover``): a graph without a [B,N,5+C] output
+    stops here; its batch, box format (``None``: discovered) and decode row order
+    (``None``: discovered) go into the manifest's ``discovery``, each with its source.
     """
-    from trtflow import tfgraph
+    from trtflow import discover, tfgraph
 
     started = time.time()
     source_path = Path(source_path)
@@ -166,7 +171,11 @@ def export_pb(
         log.info("froze %s: inputs %s outputs %s", source_path, ins, outs)
     chosen_in, chosen_out = tfgraph.resolve_io(gd, input_name, output_name, str(source_path))
     io = tfgraph.describe_io(gd, chosen_in, chosen_out)
-    _check_image_size(io, image_size, source_path)
+    image_size = _check_image_size(io, image_size, source_path)
+    runner = tfgraph.FrozenGraphRunner(gd, chosen_in, chosen_out)
+    found = discover.discover_detector(
+        runner, io, image_size, source_path, box_format, decode_layout
+    )
     out_pb = Path(out_pb)
     with atomic_path(out_pb) as tmp:
         if source == "pb":
@@ -186,6 +195,8 @@ def export_pb(
         "image_size": image_size,
         "input_name": input_name,
         "output_name": output_name,
+        "box_format": box_format,
+        "decode_layout": decode_layout,
     }
     command = ["trtflow", "export-pb", "--source-path", source_path, "--out", out_pb] + _flags(
         options
@@ -197,12 +208,17 @@ def export_pb(
         options=options,
         command=command,
         started=started,
-        extra={"io": io.as_dict(), "nodes": len(gd.node)},
+        extra={
+            "io": io.as_dict(),
+            "nodes": len(gd.node),
+            "discovery": {k: f.as_dict() for k, f in found.items()},
+        },
         manifest_path=manifest_path,
     )
 
 
-def _check_image_size(io: Any, image_size: int, source: Path) -> None:
+def _check_image_size(io: Any, image_size: int | None, source: Path) -> int:
+    """The image size: the given one, which a graph with fixed spatial dims must match."""
     shape = io.input_shape
     if not shape or len(shape) != 4:
         raise TrtflowError(
@@ -210,12 +226,22 @@ def _check_image_size(io: Any, image_size: int, source: Path) -> None:
             "set models.<name>.input_name to the image input",
         )
     spatial = shape[1:3] if io.layout == "nhwc" else shape[2:4]
-    if all(d > 0 for d in spatial) and spatial != [image_size, image_size]:
+    fixed = all(d > 0 for d in spatial)
+    if image_size is None:
+        if not (fixed and spatial[0] == spatial[1]):
+            raise TrtflowError(
+                f"{source}: input {io.input_name} is {shape}: no square image size in the graph",
+                "give the size (models.<name>.image_sizes, or --image-size)",
+            )
+        image_size = spatial[0]
+    if fixed and spatial != [image_size, image_size]:
         raise TrtflowError(
             f"{source}: input {io.input_name} is {spatial[0]}x{spatial[1]}, "
             f"config asks for {image_size}",
-            f"set models.<name>.image_sizes to [{spatial[0]}]",
+            f"set models.<name>.image_sizes to [{spatial[0]}], or remove it "
+            "(a pb's size is read from its graph)",
         )
+    return image_size
 
 
 def pb_io(pb_manifest: str | Path) -> dict[str, Any]:

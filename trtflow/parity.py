@@ -106,8 +106,13 @@ class OnnxRunner:
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+        from trtflow.tfgraph import in_chunks
+
         x = to_layout(x_nhwc, list(self.input.shape))
-        return dict(zip(self.outputs, self.session.run(None, {self.input.name: x}), strict=True))
+        lead = self.input.shape[0]
+        fixed = lead if isinstance(lead, int) and lead > 0 else None
+        outs = in_chunks(lambda p: self.session.run(None, {self.input.name: p}), x, fixed)
+        return dict(zip(self.outputs, outs, strict=True))
 
 
 def check_parity(
@@ -122,7 +127,7 @@ def check_parity(
     batch: int = 2,
     atol: float = 1e-3,
     rtol: float = 1e-4,
-    box_format: str = "pixels",
+    box_format: str | None = None,
 ) -> dict[str, Any]:
     """Compare TF, raw ONNX and patched ONNX outputs; raise when beyond tolerance.
 
@@ -132,11 +137,13 @@ def check_parity(
     """
     import onnx
 
+    from trtflow.discover import recorded
     from trtflow.patches import strip_nms
     from trtflow.tfgraph import FrozenGraphRunner
 
     started = time.time()
     io = read_json(pb_manifest)["io"]
+    box_format = box_format or recorded(pb_manifest, "box_format", "pixels")
     pmeta = read_json(patched_manifest)
     if pmeta.get("options", {}).get("batch") not in (None, "dynamic"):
         batch = int(pmeta["options"]["batch"])

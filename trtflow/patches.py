@@ -53,6 +53,8 @@ class PatchOptions:
     score_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 100
+    #: Row order of the decoded predictions export_pb recorded (``trtflow.discover``), if known.
+    decode_layout: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
@@ -432,10 +434,48 @@ def _traced_reshape(node: gs.Node) -> list[int] | None:
     return [-1, *shape[1:]]
 
 
+#: Two concrete batches for tracing where ONNX shape inference loses a symbolic batch.
+_TRACE_BATCHES = (7, 11)
+
+
+def _batch_carriers(graph: gs.Graph) -> set[str]:
+    """Tensors whose leading dim follows the input batch, traced with two concrete batches.
+
+    ONNX shape inference turns a symbolic batch into a fresh unknown at some ops (a Resize with
+    constant scales, for one), so behind them the symbolic trace cannot see the batch. A tensor
+    whose leading dim is 7 when the inputs' batch is 7 and 11 when it is 11 carries the batch.
+    """
+    base = gs.export_onnx(graph, do_type_check=False)
+    del base.graph.value_info[:]
+    leads: list[dict[str, int]] = []
+    for batch in _TRACE_BATCHES:
+        m = onnx.ModelProto()
+        m.CopyFrom(base)
+        for vi in m.graph.input:
+            dims = vi.type.tensor_type.shape.dim
+            if dims:
+                dims[0].Clear()
+                dims[0].dim_value = batch
+        try:
+            m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+        except Exception as err:  # best effort: no carriers found
+            log.debug("fix_batch: tracing batch %d failed: %s", batch, err)
+            return set()
+        leads.append({
+            vi.name: vi.type.tensor_type.shape.dim[0].dim_value
+            for vi in m.graph.value_info
+            if vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value
+        })  # fmt: skip
+    return {name for name, lead in leads[0].items() if (lead, leads[1].get(name)) == _TRACE_BATCHES}
+
+
 def _free_reshape(
-    node: gs.Node, hard_coded: set[int], warned: set[str]
+    node: gs.Node, hard_coded: set[int], warned: set[str], carriers: Callable[[], set[str]]
 ) -> tuple[list[int], str] | None:
-    """``(new shape, old shape description)`` if the Reshape ``node`` pins the batch, else None."""
+    """``(new shape, old shape description)`` if the Reshape ``node`` pins the batch, else None.
+
+    ``carriers()`` names the tensors that carry the batch where the symbolic trace lost it.
+    """
     data = node.inputs[0]
     values = _const_values(node.inputs[1])
     if values is None:
@@ -446,7 +486,8 @@ def _free_reshape(
     lead = int(values[0])
     if lead not in hard_coded or lead <= 0:
         return None
-    if not data.shape or data.shape[0] != BATCH_DIM:
+    traced = bool(data.shape) and (data.shape[0] == BATCH_DIM or data.name in carriers())
+    if not traced:
         if _label(node) not in warned:
             warned.add(_label(node))
             log.warning(
@@ -488,11 +529,18 @@ def fix_batch(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
     for _ in range(len(graph.nodes) + 1):  # each pass frees one more layer of Reshapes
         graph = _infer_shapes(graph, clear_outputs=True)
         fixed_now = 0
+        traced: list[set[str]] = []
+
+        def carriers(graph: gs.Graph = graph, traced: list[set[str]] = traced) -> set[str]:
+            if not traced:  # once per pass, and only if a Reshape needs it
+                traced.append(_batch_carriers(graph))
+            return traced[0]
+
         for node in graph.nodes:
             label = _label(node)
             if node.op != "Reshape" or label in fixed or len(node.inputs) < 2:
                 continue
-            found = _free_reshape(node, hard_coded, warned)
+            found = _free_reshape(node, hard_coded, warned, carriers)
             if found is None:
                 continue
             new_values, was = found
@@ -955,6 +1003,14 @@ def lean_decode(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
     (ONNX Runtime CPU: ~1-2 ms less at 640). Other decode layouts are left as they are.
     """
     patch = "lean_decode"
+    if options.decode_layout not in (None, "anchor_y_x"):
+        log.info(
+            "%s: decode rows are ordered %s (export_pb), not trtflow's builtin anchor_y_x; "
+            "left as is",
+            patch,
+            options.decode_layout,
+        )
+        return graph
     model = gs.export_onnx(graph)
     layout = _decode_layout(model)
     if layout is None:

@@ -137,21 +137,44 @@ def describe_io(gd: Any, input_name: str, output_name: str) -> GraphIO:
 class FrozenGraphRunner:
     """Run a frozen GraphDef via TF2 wrap_function + prune (Polygraphy's TF backend is TF1-only)."""
 
-    def __init__(self, pb: str | Path, input_name: str, output_name: str) -> None:
+    def __init__(self, pb: str | Path | Any, input_name: str, output_name: str) -> None:
         import tensorflow as tf
 
-        gd = read_graph_def(pb)
+        gd = read_graph_def(pb) if isinstance(pb, (str, Path)) else pb
 
         def _import() -> None:
             tf.compat.v1.import_graph_def(gd, name="")
 
         wrapped = tf.compat.v1.wrap_function(_import, [])
         graph = wrapped.graph
-        self._fn = wrapped.prune(
-            graph.get_tensor_by_name(input_name), graph.get_tensor_by_name(output_name)
-        )
+        placeholder = graph.get_tensor_by_name(input_name)
+        self._fn = wrapped.prune(placeholder, graph.get_tensor_by_name(output_name))
+        lead = placeholder.shape[0] if placeholder.shape.rank else None
+        self.batch: int | None = int(lead) if lead else None  # None: dynamic
 
     def __call__(self, x: Any) -> Any:
         import tensorflow as tf
 
-        return self._fn(tf.constant(x)).numpy()
+        return in_chunks(lambda part: self._fn(tf.constant(part)).numpy(), x, self.batch)
+
+
+def in_chunks(run: Any, x: Any, batch: int | None) -> Any:
+    """``run`` over ``x`` in chunks of a graph's fixed ``batch`` (None: all at once).
+
+    A pb exported with the batch fixed at 1 only takes one image per call; the results (an
+    array, or a list of arrays) are concatenated along the batch axis, so callers feed any
+    number of images.
+    """
+    import numpy as np
+
+    if batch is None or len(x) == batch:
+        return run(x)
+    if len(x) % batch:
+        raise TrtflowError(
+            f"{len(x)} images cannot be fed in chunks of the graph's fixed batch {batch}",
+            f"use a multiple of {batch} images (parity.batch)",
+        )
+    parts = [run(x[i : i + batch]) for i in range(0, len(x), batch)]
+    if isinstance(parts[0], (list, tuple)):
+        return [np.concatenate(field) for field in zip(*parts, strict=True)]
+    return np.concatenate(parts)
