@@ -11,6 +11,7 @@ import numpy as np
 
 from trtflow.cpu import cpu_info
 from trtflow.manifest import write_json
+from trtflow.onnxio import load_onnx
 from trtflow.stats import percentiles
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,10 @@ def benchmark_onnx(
     threads: int = 0,
 ) -> dict[str, Any]:
     """Time ONNX Runtime on CPU; EfficientNMS_TRT graphs are timed before the plugin."""
-    import onnx
 
     from trtflow.patches import strip_nms
 
-    model = onnx.load(str(onnx_path))
+    model = load_onnx(onnx_path)
     has_nms = any(n.op_type == "EfficientNMS_TRT" for n in model.graph.node)
     if has_nms:
         model = strip_nms(model)

@@ -28,6 +28,7 @@ import numpy as np
 from trtflow.bench import input_for, make_session, percentiles
 from trtflow.cpu import cpu_info, cpu_label
 from trtflow.manifest import write_json
+from trtflow.onnxio import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,6 @@ def cpu_form(int8_onnx: str | Path) -> tuple[str, Any, dict[str, Any]]:
     """The fastest CPU form of a Q/DQ model whose integer kernels are exact on this CPU:
     (form, model, probe of every form tried). Falls back to the fastest form, with every probe
     inexact, when none is (the caller marks the speed not comparable)."""
-    import onnx
 
     from trtflow.quantize import detach_plugins, load_for_cpu
 
@@ -114,7 +114,7 @@ def cpu_form(int8_onnx: str | Path) -> tuple[str, Any, dict[str, Any]]:
     if chosen == "u8":
         model = load_for_cpu(int8_onnx)
     else:
-        model = detach_plugins(onnx.load(str(int8_onnx)))[0]
+        model = detach_plugins(load_onnx(int8_onnx))[0]
     return chosen, model, probes
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from trtflow.errors import TrtflowError
 from trtflow.manifest import read_json, write_json
+from trtflow.onnxio import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,6 @@ def check_parity(
     scores), since ONNX Runtime cannot run TensorRT plugins. A source with normalised xywh is
     scaled to pixels before comparing with a patched graph that has denormalize_boxes.
     """
-    import onnx
 
     from trtflow.discover import recorded
     from trtflow.patches import strip_nms
@@ -154,7 +154,7 @@ def check_parity(
     reference = tf_out.copy()
     if box_format == "normalized" and pmeta.get("box_format") == "pixels":
         reference[..., :4] *= image_size
-    patched_model = onnx.load(str(patched_onnx))
+    patched_model = load_onnx(patched_onnx)
     compared_before_nms = pmeta.get("has_nms", False)
     if compared_before_nms:
         patched_model = strip_nms(patched_model)

@@ -9,6 +9,7 @@ from typing import Any
 
 from trtflow.errors import TrtflowError
 from trtflow.manifest import atomic_path, write_manifest
+from trtflow.onnxio import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def patch_onnx(
     decode_layout = recorded(pb_manifest, "decode_layout", None)
     if not Path(onnx_in).is_file():
         raise TrtflowError(f"{onnx_in}: ONNX file not found", "run convert_pb_to_onnx first")
-    model = onnx.load(str(onnx_in))
+    model = load_onnx(onnx_in)
     nms = nms or {}
     options = PatchOptions(
         image_size=image_size,

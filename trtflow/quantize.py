@@ -32,6 +32,7 @@ import numpy as np
 
 from trtflow.errors import TrtflowError
 from trtflow.manifest import atomic_path, read_json, sha256_path, write_json, write_manifest
+from trtflow.onnxio import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +270,8 @@ def load_for_cpu(path: str | Path) -> Any:
     """An ONNX prepared for ONNX Runtime CPU: plugins detached; in a Q/DQ model, activations
     re-encoded as uint8 (``qdq_s8_to_u8``) and a 6x6 stem unfolded (``stem_space_to_depth``) —
     both exact, the numbers do not change."""
-    import onnx
 
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     model, _, _ = detach_plugins(model)
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         model, n = qdq_s8_to_u8(model)
@@ -423,9 +423,8 @@ def integer_form(model: Any) -> tuple[Any, dict[str, int]]:
 def load_exact(path: str | Path) -> Any:
     """A Q/DQ ONNX in its ``integer_form`` (plugins detached), for accuracy figures that are the
     same on every CPU; a float ONNX comes back unchanged apart from detached plugins."""
-    import onnx
 
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     model, _, _ = detach_plugins(model)
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         model, stats = integer_form(model)
@@ -512,7 +511,7 @@ def quantize_onnx(
     if not Path(onnx_in).is_file():
         raise TrtflowError(f"{onnx_in}: ONNX file not found", "run patch_onnx first")
     calib = load_array(calib_npy)
-    model = onnx.load(str(onnx_in))
+    model = load_onnx(onnx_in)
     stripped, plugins, outputs = detach_plugins(model)
     keep = float_nodes(stripped, keep_decode_float, keep_head_convs_float, float_node_patterns)
     input_name, batches = model_batches(stripped, calib)
