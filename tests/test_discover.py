@@ -187,6 +187,20 @@ def test_nchw_pb_is_probed_in_its_own_layout(tmp_path):
     assert man["discovery"]["box_format"]["value"] == "normalized"
     assert man["discovery"]["decode_layout"]["value"] == "y_x_anchor"
 
+    # parity feeds TF the NCHW images it takes, one at a time, and scales its 0-1 boxes
+    from trtflow.config import default_recipe
+    from trtflow.convert import convert_pb_to_onnx
+    from trtflow.parity import check_parity
+    from trtflow.patch import patch_onnx
+
+    pbm = tmp_path / "model.pb.manifest.json"
+    convert_pb_to_onnx(tmp_path / "model.pb", tmp_path / "raw.onnx", "x:0", "Identity:0")
+    patch_onnx(tmp_path / "raw.onnx", tmp_path / "p.onnx", default_recipe(), SIZE, pb_manifest=pbm)
+    report = check_parity(tmp_path / "model.pb", pbm, tmp_path / "raw.onnx", tmp_path / "p.onnx",
+                          tmp_path / "p.onnx.manifest.json", tmp_path / "parity.json",
+                          image_size=SIZE, batch=2)  # fmt: skip
+    assert report["ok"] and report["patched_vs_tf"]["output0"]["max_rel"] <= 1e-4
+
 
 def test_configured_values_override_discoveries(tmp_path, other_pb, caplog):
     from trtflow.config import default_recipe

@@ -174,7 +174,7 @@ def discover_detector(
     box_format: str | None = None,
     decode_layout: str | None = None,
 ) -> dict[str, Finding]:
-    """Run the graph (``run``: NHWC batch -> [B,N,5+C]) on the test images; return the findings.
+    """Run the graph (``run``: NHWC images -> its output) on the test images; return the findings.
 
     ``io`` is the graph's contract (``tfgraph.GraphIO``). A graph whose output is not
     [B, N, 5+C] raises TrtflowError naming what it found.
@@ -185,7 +185,7 @@ def discover_detector(
     batch = shape[0] if shape and shape[0] > 0 else "dynamic"
     fixed_batch = batch if isinstance(batch, int) else 1
     x = probe_images(image_size, fixed_batch * -(-PROBE_IMAGES // fixed_batch))
-    y = np.asarray(run(x.transpose(0, 3, 1, 2) if io.layout == "nchw" else x))
+    y = np.asarray(run(x))
     check_detector_shape(y.shape, what)
     check_rows(y.shape, image_size, what)
     found: dict[str, Finding] = {}
