@@ -28,9 +28,15 @@ def builtin_rows_as_y_x_anchor(y: np.ndarray, image_size: int, anchors: int = 3)
 
 
 def other_exporter_pb(
-    path: str | Path, image_size: int = 64, classes: int = 2, variant: str = "n", seed: int = 0
+    path: str | Path,
+    image_size: int = 64,
+    classes: int = 2,
+    variant: str = "n",
+    seed: int = 0,
+    nchw: bool = False,
 ) -> Path:
-    """Write the other exporter's frozen pb of the built-in YOLOv5 (see the module docstring)."""
+    """Write the other exporter's frozen pb of the built-in YOLOv5 (see the module docstring);
+    ``nchw`` makes its input ``[1,3,H,W]``."""
     import keras
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
@@ -45,7 +51,8 @@ def other_exporter_pb(
 
     def decode(x: tf.Tensor) -> tf.Tensor:
         z = []
-        for raw, anchors, stride in zip(heads(x), ANCHORS, STRIDES, strict=True):
+        maps = heads(tf.transpose(x, [0, 2, 3, 1]) if nchw else x)
+        for raw, anchors, stride in zip(maps, ANCHORS, STRIDES, strict=True):
             ny = nx = image_size // stride
             yv, xv = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
             grid = np.stack([xv, yv], -1).reshape(1, ny * nx, 1, 2).astype(np.float32) - 0.5
@@ -60,7 +67,8 @@ def other_exporter_pb(
             z.append(tf.reshape(y, [-1, na * ny * nx, no]))
         return tf.concat(z, 1)
 
-    spec = tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="x")
+    shape = [1, 3, image_size, image_size] if nchw else [1, image_size, image_size, 3]
+    spec = tf.TensorSpec(shape, tf.float32, name="x")
     concrete = tf.function(decode, input_signature=[spec]).get_concrete_function()
     frozen = convert_variables_to_constants_v2(concrete)
     path = Path(path)

@@ -109,6 +109,16 @@ def _decoded(layout: str, size: int = SIZE, classes: int = 2, seed: int = 0) -> 
     return y.astype(np.float32)
 
 
+def test_channels_first_output_is_refused():
+    from trtflow.discover import check_rows
+
+    with pytest.raises(TrtflowError) as err:
+        check_rows((1, 7, 252), SIZE, "m.pb: output Identity:0")
+    assert "[1, 7, 252]" in str(err.value) and "[B,5+C,N]" in str(err.value)
+    check_rows((1, 252, 7), SIZE, "ok")
+    check_rows((1, 63, 85), 32, "80 classes at 32 px: fewer rows than channels, still rows")
+
+
 def test_box_format_from_box_centres():
     from trtflow.discover import discover_box_format
 
@@ -164,6 +174,32 @@ def test_export_pb_discovers_and_records(tmp_path, other_pb):
     assert found["decode_layout"]["value"] == "y_x_anchor"
     assert man["options"]["image_size"] == 64
     assert json.loads((tmp_path / "model.pb.manifest.json").read_text())["discovery"] == found
+
+
+def test_nchw_pb_is_probed_in_its_own_layout(tmp_path):
+    from trtflow.export import export_pb
+    from trtflow.pbinfo import image_input
+
+    pb = other_exporter_pb(tmp_path / "nchw.pb", SIZE, nchw=True)
+    assert image_input(pb).image_size == SIZE
+    man = export_pb(pb, tmp_path / "model.pb", "pb", None)
+    assert man["io"]["layout"] == "nchw"
+    assert man["discovery"]["box_format"]["value"] == "normalized"
+    assert man["discovery"]["decode_layout"]["value"] == "y_x_anchor"
+
+    # parity feeds TF the NCHW images it takes, one at a time, and scales its 0-1 boxes
+    from trtflow.config import default_recipe
+    from trtflow.convert import convert_pb_to_onnx
+    from trtflow.parity import check_parity
+    from trtflow.patch import patch_onnx
+
+    pbm = tmp_path / "model.pb.manifest.json"
+    convert_pb_to_onnx(tmp_path / "model.pb", tmp_path / "raw.onnx", "x:0", "Identity:0")
+    patch_onnx(tmp_path / "raw.onnx", tmp_path / "p.onnx", default_recipe(), SIZE, pb_manifest=pbm)
+    report = check_parity(tmp_path / "model.pb", pbm, tmp_path / "raw.onnx", tmp_path / "p.onnx",
+                          tmp_path / "p.onnx.manifest.json", tmp_path / "parity.json",
+                          image_size=SIZE, batch=2)  # fmt: skip
+    assert report["ok"] and report["patched_vs_tf"]["output0"]["max_rel"] <= 1e-4
 
 
 def test_configured_values_override_discoveries(tmp_path, other_pb, caplog):

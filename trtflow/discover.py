@@ -58,12 +58,32 @@ def check_detector_shape(shape: list[int] | tuple[int, ...] | None, what: str) -
     """Refuse an output that is not [B, N, 5+C] (when its shape is known)."""
     if shape is None:
         return
+    fix = (
+        "point models.<name>.path at a YOLOv5 detector, or set output_name to its [B,N,5+C] output"
+    )
     if len(shape) != 3 or (shape[-1] > 0 and shape[-1] < 6):
         raise TrtflowError(
             f"{what} is {list(shape)}, not a detector output: trtflow expects a YOLOv5-style "
             "[B,N,5+C] tensor (xywh, objectness, C class scores)",
-            "point models.<name>.path at a YOLOv5 detector, or set output_name to its "
-            "[B,N,5+C] output",
+            fix,
+        )
+
+
+def _grid_cells(image_size: int) -> int:
+    from trtflow.yolov5 import STRIDES
+
+    return sum((image_size // s) ** 2 for s in STRIDES)
+
+
+def check_rows(shape: tuple[int, ...], image_size: int, what: str) -> None:
+    """Refuse a channels-first [B,5+C,N] output (N anchors x grid cells on the last axis)."""
+    cells = _grid_cells(image_size)
+    if shape[1] % cells and not shape[2] % cells:
+        raise TrtflowError(
+            f"{what} is {list(shape)}: its last axis holds the {shape[2]} predictions "
+            f"({shape[2] // cells} x {cells} grid cells at {image_size} px), a [B,5+C,N] layout; "
+            "trtflow expects a YOLOv5-style [B,N,5+C] tensor (one row per prediction)",
+            "export the model with [B,N,5+C] output (transpose the last two axes)",
         )
 
 
@@ -106,7 +126,7 @@ def discover_decode_layout(y: np.ndarray, image_size: int, box_format: str) -> F
 
     xy = y[..., :2].astype(np.float64) * (image_size if box_format == "normalized" else 1)
     rows = y.shape[1]
-    grid = sum((image_size // s) ** 2 for s in STRIDES)
+    grid = _grid_cells(image_size)
     if image_size % max(STRIDES) or rows % grid:
         return Finding(
             "unknown",
@@ -154,18 +174,21 @@ def discover_detector(
     box_format: str | None = None,
     decode_layout: str | None = None,
 ) -> dict[str, Finding]:
-    """Run the graph (``run``: NHWC batch -> [B,N,5+C]) on the test images; return the findings.
+    """Run the graph (``run``: NHWC images -> its output) on the test images; return the findings.
 
     ``io`` is the graph's contract (``tfgraph.GraphIO``). A graph whose output is not
     [B, N, 5+C] raises TrtflowError naming what it found.
     """
     what = f"{source}: output {io.output_name}"
     check_detector_shape(io.output_shape, what)
-    y = np.asarray(run(probe_images(image_size)))
-    check_detector_shape(y.shape, what)
-    found: dict[str, Finding] = {}
     shape = io.input_shape or []
     batch = shape[0] if shape and shape[0] > 0 else "dynamic"
+    fixed_batch = batch if isinstance(batch, int) else 1
+    x = probe_images(image_size, fixed_batch * -(-PROBE_IMAGES // fixed_batch))
+    y = np.asarray(run(x))
+    check_detector_shape(y.shape, what)
+    check_rows(y.shape, image_size, what)
+    found: dict[str, Finding] = {}
     found["batch"] = Finding(
         batch,
         "graph",

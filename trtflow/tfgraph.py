@@ -135,7 +135,10 @@ def describe_io(gd: Any, input_name: str, output_name: str) -> GraphIO:
 
 
 class FrozenGraphRunner:
-    """Run a frozen GraphDef via TF2 wrap_function + prune (Polygraphy's TF backend is TF1-only)."""
+    """Run a frozen GraphDef via TF2 wrap_function + prune (Polygraphy's TF backend is TF1-only).
+
+    Takes NHWC images, as every stage makes them, and transposes them for an NCHW graph.
+    """
 
     def __init__(self, pb: str | Path | Any, input_name: str, output_name: str) -> None:
         import tensorflow as tf
@@ -149,12 +152,15 @@ class FrozenGraphRunner:
         graph = wrapped.graph
         placeholder = graph.get_tensor_by_name(input_name)
         self._fn = wrapped.prune(placeholder, graph.get_tensor_by_name(output_name))
-        lead = placeholder.shape[0] if placeholder.shape.rank else None
-        self.batch: int | None = int(lead) if lead else None  # None: dynamic
+        dims = placeholder.shape.as_list() if placeholder.shape.rank else []
+        self.batch: int | None = dims[0] if dims and dims[0] else None  # None: dynamic
+        self.nchw = len(dims) == 4 and dims[1] == 3 and dims[3] != 3
 
     def __call__(self, x: Any) -> Any:
         import tensorflow as tf
 
+        if self.nchw:
+            x = x.transpose(0, 3, 1, 2)
         return in_chunks(lambda part: self._fn(tf.constant(part)).numpy(), x, self.batch)
 
 
