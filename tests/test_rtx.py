@@ -1,0 +1,152 @@
+"""TensorRT-RTX in the loop: the nearest_resize patch, the real parser in preflight, real builds.
+
+The tf2onnx conversion of the builtin YOLOv5n (64x64) is made once per module; the parser and
+the ahead-of-time builder of TensorRT-RTX run on this CPU-only host. Tests that need the wheel
+are skipped (with the reason) where it is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from trtflow import rtx
+from trtflow.config import default_recipe
+from trtflow.patches import PatchOptions, apply_patches
+
+SIZE = 64
+RESIZE_MESSAGE = (
+    'UNSUPPORTED_NODE: (transformationMode != "tf_half_pixel_for_nn" || nearest_mode == '
+    '"round_prefer_floor") && "This version of TensorRT only support round_prefer_floor '
+    'nearest mode in tf_half_pixel_for_nn!"'
+)
+needs_rtx = pytest.mark.skipif(not rtx.available(), reason="tensorrt-rtx is not installed")
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict[str, Path]:
+    """tf2onnx's ONNX of the builtin yolov5n at 64, and the default recipe with / without
+    nearest_resize (paths)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf2onnx
+
+    from trtflow.yolov5 import build_yolov5
+
+    out = tmp_path_factory.mktemp("rtx")
+    keras_model = build_yolov5("n", 2, SIZE)
+    spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="images"),)
+    raw, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=17)
+    options = PatchOptions(image_size=SIZE)
+    without = [p for p in default_recipe() if p != "nearest_resize"]
+    paths = {"raw": out / "raw.onnx", "unpatched": out / "without.onnx", "patched": out / "p.onnx"}
+    onnx.save(raw, str(paths["raw"]))
+    onnx.save(apply_patches(raw, without, options)[0], str(paths["unpatched"]))
+    patched, report = apply_patches(raw, default_recipe(), options)
+    onnx.save(patched, str(paths["patched"]))
+    step = next(r for r in report if r["name"] == "nearest_resize")
+    assert len(step["changes"]) == 2, step  # the builtin model's two 2x upsamples
+    return paths
+
+
+# ---------------------------------------------------------------- nearest_resize
+
+
+def _resize_model(mode: str, nearest: str, scales: list[float] | None, sizes=None):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 7])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)
+    inits = [numpy_helper.from_array(np.zeros(0, np.float32), "roi")]
+    inputs = ["x", "roi"]
+    if scales is not None:
+        inits.append(numpy_helper.from_array(np.array(scales, np.float32), "scales"))
+        inputs.append("scales")
+    else:
+        inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        inputs += ["", "sizes"]
+    node = helper.make_node(
+        "Resize", inputs, ["y"], name="up", mode="nearest",
+        coordinate_transformation_mode=mode, nearest_mode=nearest,
+    )  # fmt: skip
+    graph = helper.make_graph([node], "resize", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _attrs(model: onnx.ModelProto) -> dict:
+    node = next(n for n in model.graph.node if n.op_type == "Resize")
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize(
+    "scales,sizes",
+    [([1, 1, 2, 2], None), ([1, 1, 3, 2], None), ([1, 1, 1, 4], None), (None, [1, 2, 10, 21])],
+)
+def test_nearest_resize_integer_scales_are_bit_identical(scales, sizes):
+    model = _resize_model("tf_half_pixel_for_nn", "floor", scales, sizes)
+    patched, report = apply_patches(model, ["nearest_resize"], PatchOptions(image_size=32))
+    assert _attrs(patched)["coordinate_transformation_mode"] == b"asymmetric"
+    assert _attrs(patched)["nearest_mode"] == b"floor"
+    assert len(report[0]["changes"]) == 1
+    x = np.random.default_rng(0).random((1, 2, 5, 7), dtype=np.float32)
+    (a,), (b,) = run(model, x), run(patched, x)
+    assert a.shape == b.shape and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "mode,nearest,scales",
+    [
+        ("tf_half_pixel_for_nn", "floor", [1, 1, 1.5, 2]),  # not an integer scale
+        ("tf_half_pixel_for_nn", "round_prefer_ceil", [1, 1, 2, 2]),  # another rounding
+        ("half_pixel", "floor", [1, 1, 2, 2]),  # another coordinate mode
+    ],
+)
+def test_nearest_resize_leaves_other_resizes_alone(mode, nearest, scales, caplog):
+    model = _resize_model(mode, nearest, scales)
+    with caplog.at_level("INFO", logger="trtflow.patches"):
+        patched, report = apply_patches(model, ["nearest_resize"], PatchOptions(image_size=32))
+    assert _attrs(patched) == _attrs(model) and report[0]["changes"] == []
+    assert "Resize 'up'" in caplog.text and "left as is" in caplog.text
+
+
+def test_nearest_resize_on_real_tf2onnx_output_is_bit_identical(converted):
+    raw, without, patched = (onnx.load(str(converted[k])) for k in ("raw", "unpatched", "patched"))
+    modes = {_attrs_of(n)["coordinate_transformation_mode"] for n in _resizes(raw)}
+    assert modes == {b"tf_half_pixel_for_nn"}  # what tf2onnx writes for a nearest upsample
+    assert {_attrs_of(n)["coordinate_transformation_mode"] for n in _resizes(patched)} == {
+        b"asymmetric"
+    }
+    x = np.random.default_rng(3).random((2, 3, SIZE, SIZE), dtype=np.float32)
+    (a,), (b,) = run(without, x), run(patched, x)
+    assert np.array_equal(a, b)
+
+
+def _resizes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == "Resize"]
+
+
+def _attrs_of(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+@needs_rtx
+def test_real_parser_rejects_tf2onnx_resize_and_accepts_the_patched_model(converted):
+    errors = rtx.parse_onnx(converted["unpatched"])
+    assert len(errors) == 2 and {e.op for e in errors} == {"Resize"}
+    for e in errors:
+        assert e.code == "UNSUPPORTED_NODE"
+        assert e.message.startswith(f"In node {e.node} with name: {e.name} and operator: Resize")
+        assert e.message.endswith(f"(checkResize): {RESIZE_MESSAGE}")
+    assert rtx.parse_onnx(converted["raw"])  # tf2onnx's own output too
+    assert rtx.parse_onnx(converted["patched"]) == []
