@@ -150,3 +150,64 @@ def test_real_parser_rejects_tf2onnx_resize_and_accepts_the_patched_model(conver
         assert e.message.endswith(f"(checkResize): {RESIZE_MESSAGE}")
     assert rtx.parse_onnx(converted["raw"])  # tf2onnx's own output too
     assert rtx.parse_onnx(converted["patched"]) == []
+
+
+# ---------------------------------------------------------------- real-parser preflight
+
+
+@needs_rtx
+@pytest.mark.parametrize("backend,tensorrt", [("tensorrt-rtx", "1.7.1"), ("trtexec", "10.3")])
+def test_preflight_fails_with_the_parsers_words_and_the_fixing_patch(
+    converted, tmp_path, backend, tensorrt
+):
+    from trtflow.errors import TrtflowError
+    from trtflow.preflight import preflight
+
+    out = tmp_path / "preflight.json"
+    with pytest.raises(TrtflowError) as err:
+        preflight(converted["unpatched"], out, tensorrt, target="t", dynamic=True,
+                  backend=backend)  # fmt: skip
+    msg = str(err.value)
+    assert f"preflight of {converted['unpatched']} for target 't'" in msg
+    assert "node 'Resize__166' (Resize): In node" in msg and RESIZE_MESSAGE in msg
+    assert "(+1 more, see the log)" in msg  # the second upsample
+    assert msg.endswith("fix: add patch nearest_resize to models.<name>.patches")
+    assert not out.exists()  # no half-written report
+    report = preflight(converted["patched"], out, tensorrt, target="t", dynamic=True,
+                       backend=backend, sources=[converted["patched"]])  # fmt: skip
+    assert report["ok"] and report["parser"]["library"].startswith("tensorrt-rtx 1.7.1")
+    assert [f for f in report["findings"] if f["check"] == "parser"] == []
+    assert out.is_file()
+
+
+@needs_rtx
+def test_preflight_parses_every_source_and_names_the_file(converted, tmp_path):
+    from trtflow.errors import TrtflowError
+    from trtflow.preflight import preflight
+
+    with pytest.raises(TrtflowError, match=r"preflight of .*without\.onnx .* nearest_resize"):
+        preflight(converted["patched"], None, "1.7.1", backend="tensorrt-rtx",
+                  sources=[converted["unpatched"]])  # fmt: skip
+
+
+@needs_rtx
+def test_preflight_plugin_nodes_on_rtx_and_on_tensorrt_10(tmp_path):
+    from tests import onnx_factory as factory
+    from trtflow.errors import TrtflowError
+    from trtflow.preflight import preflight
+
+    model, _ = apply_patches(
+        factory.tiny_detector(num_classes=2, size=32),
+        [*[p for p in default_recipe() if p != "lean_decode"], "efficient_nms"],
+        PatchOptions(image_size=32),
+    )
+    path = tmp_path / "nms.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(TrtflowError) as err:
+        preflight(path, None, "1.7.1", backend="tensorrt-rtx")
+    assert "(EfficientNMS_TRT): In node" in str(err.value)
+    assert "Plugin not found" in str(err.value)
+    assert str(err.value).endswith("fix: remove patch efficient_nms from models.<name>.patches "
+                                   "(TensorRT-RTX ships no plugins)")  # fmt: skip
+    report = preflight(path, None, "10.3")  # TensorRT 10 ships the plugin: the table says so
+    assert report["ok"] and report["parser"] is not None

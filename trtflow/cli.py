@@ -259,6 +259,18 @@ def _engine_parsers(sub: Any) -> None:
     s.add_argument("--onnx", required=True)
     s.add_argument("--tensorrt", required=True, help='e.g. "8.2.1" or "10.3"')
     s.add_argument("--dynamic", action="store_true", help="a dynamic batch profile is built")
+    s.add_argument(
+        "--backend",
+        default="trtexec",
+        help="the target's backend (tensorrt-rtx: "
+        "--tensorrt is the TensorRT-RTX version, checked by its real parser)",
+    )
+    s.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="another ONNX the target builds (Q/DQ, fp16): parsed too (repeatable)",
+    )
     s.add_argument("--out", help="write the JSON report here")
 
     s = sub.add_parser("build-engine", help="patched ONNX -> TensorRT engine on a target")
@@ -297,7 +309,8 @@ def _engine_dispatch(args: argparse.Namespace) -> Any:
     from trtflow.targets import target_spec
 
     if args.command == "preflight":
-        return preflight(args.onnx, args.out, args.tensorrt, dynamic=args.dynamic)
+        return preflight(args.onnx, args.out, args.tensorrt, dynamic=args.dynamic,
+                         backend=args.backend, sources=args.source)  # fmt: skip
     config = load_config(args.config)
     spec = target_spec(config["targets"], args.target)
     if args.command == "build-engine":
