@@ -17,6 +17,7 @@ include: "rules/parity.smk"
 include: "rules/benchmark.smk"
 include: "rules/report.smk"
 include: "rules/quantize.smk"
+include: "rules/fp16.smk"
 include: "rules/engine.smk"
 
 
@@ -28,6 +29,7 @@ rule all:
         int8_zoo(INT8_GATE, BENCH_INT8),
         SUMMARY_CSV,
         SUMMARY_MD,
+        engines_in_all,
 
 
 rule pb:

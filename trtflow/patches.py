@@ -1036,6 +1036,8 @@ def nearest_resize(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
             continue
         node.attrs["coordinate_transformation_mode"] = "asymmetric"
         node.attrs["nearest_mode"] = "floor"
+        if len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+            node.inputs[1] = gs.Variable.empty()  # roi: only tf_crop_and_resize reads it
         _change(
             patch,
             f"Resize {label!r}: {mode}/floor -> asymmetric/floor "
