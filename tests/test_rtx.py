@@ -211,3 +211,166 @@ def test_preflight_plugin_nodes_on_rtx_and_on_tensorrt_10(tmp_path):
                                    "(TensorRT-RTX ships no plugins)")  # fmt: skip
     report = preflight(path, None, "10.3")  # TensorRT 10 ships the plugin: the table says so
     assert report["ok"] and report["parser"] is not None
+
+
+# ---------------------------------------------------------------- the stand-in parses for real
+
+
+@needs_rtx
+def test_standin_trtexec_refuses_what_the_real_parser_rejects(converted, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.engine_support import STANDIN
+
+    def standin(onnx_path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(STANDIN), f"--onnx={onnx_path}",
+             f"--saveEngine={tmp_path / 'e.engine'}", "--skipInference"],
+            env={**os.environ, "TRTFLOW_STANDIN_TRT": "10.3.0"},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    r = standin(converted["unpatched"])
+    assert r.returncode == 1 and RESIZE_MESSAGE in r.stdout and "Parsing model failed" in r.stdout
+    assert not (tmp_path / "e.engine").exists()
+    r = standin(converted["patched"])
+    assert r.returncode == 0 and "real TensorRT-RTX" in r.stdout, r.stdout
+
+
+# ---------------------------------------------------------------- real builds (TensorRT-RTX)
+
+RTX_SPEC = {
+    "backend": "tensorrt-rtx",
+    "transport": "local",
+    "tensorrt": "1.7.1",
+    "device": "NVIDIA RTX (ahead of time)",
+    "compute_capabilities": ["8.6"],
+    "precisions": ["fp32", "fp16", "int8"],
+    "workspace_mib": 256,
+}
+
+
+@pytest.fixture(scope="module", params=["n", "s"])
+def variant(request, tmp_path_factory) -> dict[str, Path]:
+    """Builtin yolov5<variant> at 64: tf2onnx -> patched (dynamic and batch 2) -> fp16, Q/DQ."""
+    if not rtx.available():
+        pytest.skip("tensorrt-rtx is not installed")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf2onnx
+
+    from trtflow.fp16 import convert_onnx_to_fp16
+    from trtflow.quantize import quantize_onnx
+    from trtflow.yolov5 import build_yolov5
+
+    out = tmp_path_factory.mktemp(f"yolov5{request.param}")
+    spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="images"),)
+    raw, _ = tf2onnx.convert.from_keras(
+        build_yolov5(request.param, 2, SIZE), input_signature=spec, opset=17
+    )
+    paths = {"raw": out / "raw.onnx", "patched": out / "patched.onnx",
+             "static": out / "static.onnx", "fp16": out / "fp16.onnx",
+             "qdq": out / "qdq.onnx"}  # fmt: skip
+    onnx.save(raw, str(paths["raw"]))
+    for key, batch in (("patched", "dynamic"), ("static", 2)):
+        patched, _ = apply_patches(raw, default_recipe(), PatchOptions(SIZE, batch=batch))
+        onnx.save(patched, str(paths[key]))
+    convert_onnx_to_fp16(paths["patched"], paths["fp16"])
+    calib = out / "calib.npy"
+    np.save(calib, np.random.default_rng(0).random((4, 3, SIZE, SIZE), dtype=np.float32))
+    quantize_onnx(paths["patched"], calib, paths["qdq"], out / "ranges.json")
+    return {**paths, "dir": out}
+
+
+@pytest.mark.parametrize("key", ["patched", "static", "fp16", "qdq"])
+def test_every_onnx_of_the_variant_parses(variant, key):
+    assert rtx.parse_onnx(variant[key]) == []
+
+
+@pytest.mark.parametrize(
+    "precision,profile,onnx_key",
+    [
+        ("fp32", "b1", "patched"),
+        ("fp32", "b1-2-4", "patched"),
+        ("fp16", "b1-2-4", "patched"),
+        ("int8", "b1", "patched"),
+        ("int8", "b1-2-4", "patched"),
+        ("fp32", "b2", "static"),
+    ],
+)
+def test_real_build(variant, precision, profile, onnx_key):
+    from trtflow.engine import build_engine, is_standin_engine
+    from trtflow.manifest import read_json
+
+    engine = variant["dir"] / "engines" / f"{onnx_key}-{precision}-{profile}.engine"
+    build_engine(
+        variant[onnx_key],
+        engine,
+        target="rtx",
+        spec=RTX_SPEC,
+        precision=precision,
+        profile=profile,
+        image_size=SIZE,
+        timing_cache=variant["dir"] / "timing.cache",
+        qdq_onnx=variant["qdq"] if precision == "int8" else None,
+        fp16_onnx=variant["fp16"] if precision == "fp16" else None,
+    )
+    assert engine.stat().st_size > 100_000 and not is_standin_engine(engine)
+    man = read_json(f"{engine}.manifest.json")
+    assert man["library"] == "tensorrt_rtx" and man["tensorrt"]["probed"].startswith("1.7.1")
+    assert man["compute_capabilities"] == ["8.6"] and man["ahead_of_time"] is True
+    built_from = {"int8": "qdq", "fp16": "fp16"}.get(precision, onnx_key)
+    assert man["inputs"]["onnx"]["path"] == str(variant[built_from])
+    assert man["command"].startswith("trtflow build-engine --target rtx")
+    assert not (variant["dir"] / "timing.cache").exists()  # a no-op in TensorRT-RTX >= 1.2
+
+
+def test_rtx_build_refuses_what_it_cannot_build(variant, tmp_path):
+    from trtflow.engine import build_engine
+    from trtflow.errors import TrtflowError
+
+    common = dict(target="rtx", spec=RTX_SPEC, profile="b1", image_size=SIZE)
+    with pytest.raises(TrtflowError, match="needs an fp16 ONNX"):
+        build_engine(variant["patched"], tmp_path / "e.engine", precision="fp16", **common)
+    spec = {**RTX_SPEC, "precisions": ["best"]}
+    with pytest.raises(TrtflowError, match="cannot build precision best: networks are strongly"):
+        build_engine(variant["patched"], tmp_path / "e.engine", precision="best",
+                     qdq_onnx=variant["qdq"], **{**common, "spec": spec})  # fmt: skip
+    assert not (tmp_path / "e.engine").exists()
+
+
+# ---------------------------------------------------------------- the DAG: run only where a GPU is
+
+
+@pytest.mark.parametrize("gpu", [None, "8.6", "9.0"])
+def test_rtx_engines_run_only_on_a_supported_gpu(workdir, gpu):
+    """No nvidia-smi (or a Hopper GPU): built, not run; an RTX-class GPU: benchmark + parity."""
+    import yaml
+
+    from tests.conftest import tiny_config, tiny_model
+
+    cfg = tiny_config(
+        {"tiny": tiny_model()},
+        precisions=["fp32", "fp16", "int8"],
+        targets={"rtx": {**RTX_SPEC, "compute_capabilities": ["8.6", "8.9", "12.0"]}},
+        engine={"dynamic_profiles": [{"min": 1, "opt": 2, "max": 4}]},
+    )
+    workdir.write_config(cfg)
+    bin_dir = workdir.path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"  # a stand-in: the only thing common.smk asks about a GPU
+    smi.write_text(f"#!/bin/sh\necho {gpu}\n" if gpu else "#!/bin/sh\nexit 9\n")
+    smi.chmod(0o755)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = f"{bin_dir}:{old}"
+    try:
+        jobs = workdir.planned_jobs("engine")
+    finally:
+        os.environ["PATH"] = old
+    assert jobs["build_engine"] == 6 and jobs["convert_onnx_to_fp16"] == 1
+    assert jobs["quantize_onnx"] == 1 and jobs["render_engine_summary"] == 1
+    runs = gpu == "8.6"
+    assert jobs.get("benchmark_engine", 0) == (6 if runs else 0)
+    assert jobs.get("check_engine_parity", 0) == (6 if runs else 0)
+    assert yaml.safe_load((workdir.path / "config.yaml").read_text())["targets"]["rtx"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,13 @@ def convert_onnx_to_fp16(
             f"pip install {REQUIREMENT} (it is in requirements.txt)",
         ) from exc
     model = onnx.load(str(onnx_in))
-    half = float16.convert_float_to_float16(model, keep_io_types=True)
+    with warnings.catch_warnings(record=True) as caught:  # one warning per clipped weight
+        warnings.simplefilter("always")
+        half = float16.convert_float_to_float16(model, keep_io_types=True)
+    clipped = sum("truncated" in str(w.message) for w in caught)
+    if clipped:
+        log.info("fp16: %d float32 values outside fp16's range clipped (e.g. %s)", clipped,
+                 next(str(w.message) for w in caught if "truncated" in str(w.message)))  # fmt: skip
     onnx.checker.check_model(half)
     casts = sum(n.op_type == "Cast" for n in half.graph.node) - sum(
         n.op_type == "Cast" for n in model.graph.node
@@ -67,6 +74,7 @@ def convert_onnx_to_fp16(
             "converter": f"onnxconverter-common {onnxconverter_common.__version__}",
             "nodes": len(half.graph.node),
             "casts_added": casts,
+            "values_clipped": clipped,
             "io": contract,
         },
         manifest_path=manifest_path,

@@ -134,10 +134,19 @@ def build_engine_python(
     """Build with Polygraphy's loaders; returns version/device/build time.
 
     ``library="tensorrt_rtx"``: an ahead-of-time build for ``compute_capabilities``
-    (e.g. ``["8.6", "8.9", "12.0"]``); ``precision`` is then the ONNX's own (no flags).
+    (e.g. ``["8.6", "8.9", "12.0"]``); ``precision`` is then the ONNX's own (no flags) and the
+    timing cache is not used (a no-op in TensorRT-RTX >= 1.2).
     """
     use_library(library)
     trt = _trt(library)
+    if library == "tensorrt_rtx" and timing_cache:
+        log.info(
+            "TensorRT-RTX %s: timing cache operations are no-ops (deprecated since 1.2; it "
+            "compiles kernels at run time instead): %s not used",
+            trt.__version__,
+            timing_cache,
+        )
+        timing_cache = None
     from polygraphy.backend.trt import (  # type: ignore[import-untyped, unused-ignore]
         Calibrator,
         CreateConfig,
