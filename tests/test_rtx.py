@@ -374,3 +374,46 @@ def test_rtx_engines_run_only_on_a_supported_gpu(workdir, gpu):
     assert jobs.get("benchmark_engine", 0) == (6 if runs else 0)
     assert jobs.get("check_engine_parity", 0) == (6 if runs else 0)
     assert yaml.safe_load((workdir.path / "config.yaml").read_text())["targets"]["rtx"]
+
+
+# ---------------------------------------------------------------- a pb in other exporters' layout
+
+
+@needs_rtx
+def test_pb_in_other_exporters_layout_parses_after_the_recipe(tmp_path):
+    """NHWC input x:0 [1,H,W,3], output Identity:0 [1,N,5+C] with xywh in 0-1 (a frozen TF
+    graph as other YOLOv5 TF exporters write it): patched and Q/DQ both parse."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    from trtflow.convert import convert_pb_to_onnx
+    from trtflow.quantize import quantize_onnx
+    from trtflow.yolov5 import build_yolov5
+
+    keras_model = build_yolov5("n", 2, SIZE)
+    scale = tf.constant([1 / SIZE] * 4 + [1.0] * 3, tf.float32)  # 5 + 2 classes
+
+    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="x")])
+    def serve(x):
+        return keras_model(x, training=False) * scale
+
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    assert [t.name for t in frozen.inputs] == ["x:0"]
+    assert [t.name for t in frozen.outputs] == ["Identity:0"]
+    pb = tmp_path / "model.pb"
+    pb.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    convert_pb_to_onnx(pb, tmp_path / "raw.onnx", "x:0", "Identity:0")
+    assert rtx.parse_onnx(tmp_path / "raw.onnx")  # tf2onnx's Resize: rejected
+    recipe = ["nchw_input", "denormalize_boxes", "fix_batch", "rename_io", "drop_noops",
+              "sanitize", "int64_to_int32", "nearest_resize"]  # fmt: skip
+    raw = onnx.load(str(tmp_path / "raw.onnx"))
+    patched, _ = apply_patches(raw, recipe, PatchOptions(SIZE, batch="dynamic"))
+    onnx.save(patched, str(tmp_path / "patched.onnx"))
+    assert rtx.parse_onnx(tmp_path / "patched.onnx") == []
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32))
+    quantize_onnx(tmp_path / "patched.onnx", calib, tmp_path / "qdq.onnx", tmp_path / "r.json")
+    assert rtx.parse_onnx(tmp_path / "qdq.onnx") == []
