@@ -20,6 +20,7 @@ include: "rules/parity.smk"
 include: "rules/benchmark.smk"
 include: "rules/report.smk"
 include: "rules/quantize.smk"
+include: "rules/fp16.smk"
 include: "rules/engine.smk"
 
 
@@ -31,6 +32,7 @@ rule all:
         int8_zoo(INT8_GATE, BENCH_INT8),
         SUMMARY_CSV,
         SUMMARY_MD,
+        engines_in_all,
 
 
 rule pb:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
@@ -297,9 +298,15 @@ def get_int8_gate_inputs(wildcards):
 # Pure lookups in the config: no TensorRT import, so `snakemake -n engine` works on any host.
 from trtflow.targets import (  # noqa: E402
     HOW_TO_CONFIGURE,
+    NOT_RUN_HERE,
     build_relevant,
+    builds_fp16_onnx,
+    builds_qdq,
+    is_rtx,
+    local_compute_capabilities,
     parse_profile,
     profile_name,
+    runs_here,
 )
 
 TARGETS = config["targets"]
@@ -310,6 +317,19 @@ PREFLIGHT = "results/preflight/{target}/{model}/{imgsz}/preflight.json"
 # Per-target timing cache: a cache shared by that target's builds (not an artifact).
 TIMING_CACHE = "results/timing_cache/{target}.cache"
 ENGINE_WILDCARDS = "{target}/{model}/{imgsz}/{precision}/{profile}"
+# fp16 ONNX of strongly typed builders (TensorRT-RTX has no fp16 flag), and the engines' summary.
+ONNX_FP16 = "results/fp16/{model}/{imgsz}/model.onnx"
+ENGINE_SUMMARY_CSV = "results/engine_summary.csv"
+ENGINE_SUMMARY_MD = "results/engine_summary.md"
+# GPUs of this host (nvidia-smi; no GPU library is imported): a TensorRT-RTX target's engines
+# are benchmarked and checked only where one of its compute capabilities is present.
+LOCAL_CAPS = (
+    local_compute_capabilities() if any(is_rtx(t) for t in TARGETS.values()) else frozenset()
+)
+
+
+def target_runs_here(target):
+    return runs_here(TARGETS[target], LOCAL_CAPS)
 
 
 def target_precisions(target):
@@ -326,10 +346,13 @@ def batch_profiles(model):
     return list(dict.fromkeys(out))
 
 
-def engine_zoo(pattern):
-    """Expand over targets x models x image sizes x supported precisions x batch profiles."""
+def engine_zoo(pattern, runnable_only=False):
+    """Expand over targets x models x image sizes x supported precisions x batch profiles
+    (``runnable_only``: only targets whose engines can run from this host)."""
     out = []
     for target in TARGETS:
+        if runnable_only and not target_runs_here(target):
+            continue
         for model in MODELS:
             for imgsz in model_image_sizes(model):
                 for precision in target_precisions(target):
@@ -350,7 +373,23 @@ def get_engine_outputs(wildcards):
     """Inputs of the engine target; one clear message when no target is configured."""
     if not TARGETS:
         raise WorkflowError(f"no TensorRT target is configured — fix: {HOW_TO_CONFIGURE}")
-    return engine_zoo(ENGINE) + engine_zoo(ENGINE_BENCH) + engine_zoo(ENGINE_PARITY)
+    return (
+        engine_zoo(ENGINE)
+        + engine_zoo(ENGINE_BENCH, runnable_only=True)
+        + engine_zoo(ENGINE_PARITY, runnable_only=True)
+        + [ENGINE_SUMMARY_CSV, ENGINE_SUMMARY_MD]
+    )
+
+
+def engines_in_all(wildcards):
+    """`all` builds (and, where they can run, times and checks) every configured target's
+    engines; without targets it is the CPU stages alone."""
+    return get_engine_outputs(wildcards) if TARGETS else []
+
+
+def get_not_run_targets(wildcards):
+    """Targets whose engines are built here but cannot run here, with the summary's words."""
+    return {t: NOT_RUN_HERE for t in TARGETS if not target_runs_here(t)}
 
 
 def get_preflight_outputs(wildcards):
@@ -370,9 +409,21 @@ def get_preflight_params(wildcards):
     )
     return {
         "tensorrt": str(TARGETS[wildcards.target]["tensorrt"]),
+        "backend": TARGETS[wildcards.target]["backend"],
         "dynamic": dynamic,
         "patches": MODELS[wildcards.model]["patches"],
     }
+
+
+def get_preflight_sources(wildcards):
+    """The other ONNX files this target's engines are built from (Q/DQ, fp16): preflight
+    parses them too."""
+    sources = {}
+    for precision in target_precisions(wildcards.target):
+        w = SimpleNamespace(precision=precision, **dict(wildcards.items()))
+        sources.update({k: v for k, v in get_int8_inputs(w).items() if k == "qdq_onnx"})
+        sources.update(get_fp16_inputs(w))
+    return sources
 
 
 def get_build_params(wildcards):
@@ -387,8 +438,8 @@ def get_build_params(wildcards):
 def get_int8_inputs(wildcards):
     """INT8 inputs of an int8/best engine: the config's own files, else the INT8 stage's.
 
-    Without engine.int8.<model>, TensorRT >= 10 targets build the Q/DQ ONNX of quantize_onnx
-    (explicit quantization); 8.x targets get a calibration cache written for their exact
+    Without engine.int8.<model>, TensorRT >= 10 and TensorRT-RTX targets build the Q/DQ ONNX
+    of quantize_onnx (explicit quantization); 8.x targets get a calibration cache written for their exact
     TensorRT version (implicit INT8), so a cache is never reused across versions.
     """
     if wildcards.precision not in ("int8", "best"):
@@ -403,9 +454,16 @@ def get_int8_inputs(wildcards):
         return paths
     where = {"model": wildcards.model, "imgsz": wildcards.imgsz}
     version = str(TARGETS[wildcards.target]["tensorrt"])
-    if int(version.split(".")[0]) >= 10:
+    if builds_qdq(TARGETS[wildcards.target]):
         return {"qdq_onnx": INT8_QDQ.format(**where)}
     return {"calibration_cache": INT8_TRT_CACHE.format(trt=version, **where)}
+
+
+def get_fp16_inputs(wildcards):
+    """fp16 engines of strongly typed targets (TensorRT-RTX) are built from the fp16 ONNX."""
+    if wildcards.precision == "fp16" and builds_fp16_onnx(TARGETS[wildcards.target]):
+        return {"fp16_onnx": ONNX_FP16.format(model=wildcards.model, imgsz=wildcards.imgsz)}
+    return {}
 
 
 def get_timing_cache(wildcards):

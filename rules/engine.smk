@@ -6,6 +6,7 @@
 
 rule preflight_engine:
     input:
+        unpack(get_preflight_sources),
         onnx=ONNX_PATCHED,
         manifest=manifest(ONNX_PATCHED),
     output:
@@ -20,7 +21,7 @@ rule preflight_engine:
         host_role=ROLE_CONVERT,
     params:
         preflight=get_preflight_params,
-        code=code_hash("preflight", "targets", "manifest"),
+        code=code_hash("preflight", "targets", "manifest", "rtx"),
     script:
         "../scripts/preflight_engine.py"
 
@@ -28,6 +29,7 @@ rule preflight_engine:
 rule build_engine:
     input:
         unpack(get_int8_inputs),
+        unpack(get_fp16_inputs),
         onnx=ONNX_PATCHED,
         preflight=PREFLIGHT,
     output:
@@ -45,7 +47,7 @@ rule build_engine:
         target=get_target_params,
         build=get_build_params,
         timing_cache=get_timing_cache,
-        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python", "manifest"),
+        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python", "rtx", "manifest"),
     script:
         "../scripts/build_engine.py"
 

@@ -27,6 +27,7 @@ def main(smk):
             timing_cache=smk.params.timing_cache,
             calibration_cache=smk.input.get("calibration_cache"),
             qdq_onnx=smk.input.get("qdq_onnx"),
+            fp16_onnx=smk.input.get("fp16_onnx"),
             manifest_path=smk.output.manifest,
         ),
         smk.log[0],

@@ -18,6 +18,8 @@ def main(smk):
             target=smk.wildcards.target,
             dynamic=p["dynamic"],
             patches=p["patches"],
+            backend=p["backend"],
+            sources=[smk.input[k] for k in ("qdq_onnx", "fp16_onnx") if k in smk.input.keys()],
         ),
         smk.log[0],
     )

@@ -677,11 +677,12 @@ def test_config_example_targets_validate():
     from trtflow.config import validate_config
 
     text = (REPO / "config.yaml").read_text()
-    block = text[text.index("# targets:") : text.index("\nengine:")]
-    lines = [ln[2:] for ln in block.splitlines() if ln.startswith(("# targets", "#   "))]
+    block = text[text.index("\ntargets:") : text.index("\nengine:")]
+    lines = [ln.replace("  # ", "  ", 1) for ln in block.splitlines() if ln.startswith("  # ")]
     config = yaml.safe_load(text)
-    assert "targets" not in config  # none enabled by default
-    config.update(yaml.safe_load("\n".join(lines)))
+    assert set(config["targets"]) == {"rtx"}  # the one enabled: TensorRT-RTX, ahead of time
+    assert config["targets"]["rtx"]["backend"] == "tensorrt-rtx"
+    config["targets"].update(yaml.safe_load("\n".join(lines[1:])))
     targets = validate_config(config)["targets"]
     assert targets["jetson-nano"]["transport"] == "ssh"
     assert "int8" not in targets["jetson-nano"]["precisions"]

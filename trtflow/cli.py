@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--iterations", type=int, default=30)
     s.add_argument("--threads", type=int, default=0)
 
+    s = sub.add_parser("fp16", help="patched ONNX -> fp16 ONNX (onnxconverter-common; I/O fp32)")
+    s.add_argument("--onnx", required=True)
+    s.add_argument("--out", required=True)
+
     _engine_parsers(sub)
     s = sub.add_parser("sample-images", help="write the built-in generated calibration scenes")
     s.add_argument("--out", required=True)
@@ -232,6 +236,10 @@ def dispatch(args: argparse.Namespace) -> Any:
         return benchmark_onnx(
             args.onnx, args.out, args.batch, args.warmup, args.iterations, args.threads
         )
+    if cmd == "fp16":
+        from trtflow.fp16 import convert_onnx_to_fp16
+
+        return convert_onnx_to_fp16(args.onnx, args.out)
     if cmd in INT8_COMMANDS:
         return _dispatch_int8(args)
     if cmd == "patches":
@@ -264,6 +272,18 @@ def _engine_parsers(sub: Any) -> None:
     s.add_argument("--onnx", required=True)
     s.add_argument("--tensorrt", required=True, help='e.g. "8.2.1" or "10.3"')
     s.add_argument("--dynamic", action="store_true", help="a dynamic batch profile is built")
+    s.add_argument(
+        "--backend",
+        default="trtexec",
+        help="the target's backend (tensorrt-rtx: "
+        "--tensorrt is the TensorRT-RTX version, checked by its real parser)",
+    )
+    s.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="another ONNX the target builds (Q/DQ, fp16): parsed too (repeatable)",
+    )
     s.add_argument("--out", help="write the JSON report here")
 
     s = sub.add_parser("build-engine", help="patched ONNX -> TensorRT engine on a target")
@@ -276,6 +296,7 @@ def _engine_parsers(sub: Any) -> None:
     s.add_argument("--timing-cache")
     s.add_argument("--calibration-cache")
     s.add_argument("--qdq-onnx")
+    s.add_argument("--fp16-onnx", help="fp16 ONNX of fp16 engines on TensorRT-RTX targets")
 
     s = sub.add_parser("benchmark-engine", help="time an engine on its target (trtexec)")
     target_args(s)
@@ -302,7 +323,8 @@ def _engine_dispatch(args: argparse.Namespace) -> Any:
     from trtflow.targets import target_spec
 
     if args.command == "preflight":
-        return preflight(args.onnx, args.out, args.tensorrt, dynamic=args.dynamic)
+        return preflight(args.onnx, args.out, args.tensorrt, dynamic=args.dynamic,
+                         backend=args.backend, sources=args.source)  # fmt: skip
     config = load_config(args.config)
     spec = target_spec(config["targets"], args.target)
     if args.command == "build-engine":
@@ -310,6 +332,7 @@ def _engine_dispatch(args: argparse.Namespace) -> Any:
             args.onnx, args.out, target=args.target, spec=spec, precision=args.precision,
             profile=args.profile, image_size=args.image_size, timing_cache=args.timing_cache,
             calibration_cache=args.calibration_cache, qdq_onnx=args.qdq_onnx,
+            fp16_onnx=args.fp16_onnx,
         )  # fmt: skip
     manifest = f"{args.engine}.manifest.json"
     if args.command == "benchmark-engine":

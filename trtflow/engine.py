@@ -3,8 +3,12 @@
 Each stage runs on the target through a transport (trtflow.transport): the inputs are copied
 to a per-job work dir on the device, trtexec runs there (or the TensorRT Python API for
 ``backend: python`` targets, local only), the results come back under a temporary name and
-are renamed into place at the end. What the device reports (TensorRT version, GPU) is checked
-against what the config declares, and recorded in the manifest next to every engine.
+are renamed into place at the end. ``backend: tensorrt-rtx`` targets build with TensorRT-RTX's
+Python API (the same code as ``python``, trtflow.trt_python) ahead of time on this host, for the
+compute capabilities the target lists; precision comes from the ONNX (patched fp32, fp16 ONNX,
+Q/DQ ONNX), since TensorRT-RTX is strongly typed. What the device reports (TensorRT version,
+GPU) is checked against what the config declares, and recorded in the manifest next to every
+engine.
 
 Nothing here imports TensorRT; nothing here reports a latency that trtexec did not measure.
 Outputs of the test stand-in (tests/standin/trtexec) are labelled ``"standin": true``.
@@ -31,7 +35,10 @@ from trtflow.errors import TrtflowError
 from trtflow.manifest import read_json, sha256_path, write_json, write_manifest
 from trtflow.targets import (
     HOW_TO_CONFIGURE,
+    PYTHON_BACKENDS,
+    backend_of,
     generation,
+    is_rtx,
     parse_profile,
     same_version,
 )
@@ -71,6 +78,15 @@ def _label(*parts: Any) -> str:
 def _check_target_available(target: str, spec: dict[str, Any]) -> None:
     """Fail early, with one clear message, when a local target has no TensorRT here."""
     if spec.get("transport", "local") != "local":
+        return
+    if is_rtx(spec):
+        from trtflow import rtx
+
+        if not rtx.available():
+            raise TrtflowError(
+                f"target {target!r}: TensorRT-RTX is not installed on this host",
+                f"pip install {rtx.REQUIREMENT} (in requirements.txt; no GPU needed to build)",
+            )
         return
     if spec.get("backend", "trtexec") == "python":
         from trtflow.trt_python import tensorrt_available
@@ -183,11 +199,13 @@ def build_engine(
     timing_cache: str | Path | None = None,
     calibration_cache: str | Path | None = None,
     qdq_onnx: str | Path | None = None,
+    fp16_onnx: str | Path | None = None,
     manifest_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build one TensorRT engine of ``onnx_path`` on ``target`` and write its manifest.
 
     int8 (and best) need a calibration cache or a Q/DQ ONNX (then that ONNX is built).
+    TensorRT-RTX targets build fp16 from ``fp16_onnx`` (strongly typed: no fp16 flag).
     The timing cache is per target, shared by its builds, updated after each one.
     """
     started = time.time()
@@ -204,12 +222,22 @@ def build_engine(
             "set engine.int8.<model>.calibration_cache or .qdq_onnx (the INT8 stage produces "
             "them), or drop int8 from precisions",
         )
-    source = Path(qdq_onnx) if qdq_onnx else Path(onnx_path)
+    if is_rtx(spec):
+        _check_rtx_sources(target, precision, qdq_onnx, fp16_onnx)
+    source = Path(qdq_onnx or (fp16_onnx if is_rtx(spec) else None) or onnx_path)
     prof = parse_profile(profile)
     io = onnx_input(source)
     _check_target_available(target, spec)
     workspace = int(spec.get("workspace_mib", 1024))
-    if spec.get("backend", "trtexec") == "python":
+    if backend_of(spec) in PYTHON_BACKENDS:
+        optional = {"--timing-cache": timing_cache, "--calibration-cache": calibration_cache,
+                    "--qdq-onnx": qdq_onnx, "--fp16-onnx": fp16_onnx}  # fmt: skip
+        command = [
+            "trtflow", "build-engine", "--target", target, "--onnx", str(onnx_path),
+            "--out", str(engine_path), "--precision", precision, "--profile", profile,
+            "--image-size", str(image_size),
+            *[a for flag, v in optional.items() if v for a in (flag, str(v))],
+        ]  # fmt: skip
         return _build_python(
             source,
             engine_path,
@@ -225,6 +253,7 @@ def build_engine(
             started,
             profile,
             image_size,
+            command,
         )
     gen = generation(str(spec["tensorrt"]), target)
     argv = trtexec.build_argv(
@@ -299,6 +328,28 @@ def build_engine(
     )
 
 
+def _check_rtx_sources(
+    target: str, precision: str, qdq_onnx: str | Path | None, fp16_onnx: str | Path | None
+) -> None:
+    """TensorRT-RTX is strongly typed: each precision is an ONNX of that precision."""
+    if precision == "best":
+        raise TrtflowError(
+            f"target {target!r} (TensorRT-RTX) cannot build precision best: networks are "
+            "strongly typed, precision comes from the ONNX",
+            f"use fp32, fp16 and int8 in targets.{target}.precisions",
+        )
+    if precision == "fp16" and not fp16_onnx:
+        raise TrtflowError(
+            f"fp16 engine on TensorRT-RTX target {target!r} needs an fp16 ONNX (no fp16 flag)",
+            "pass the fp16 ONNX (the workflow makes results/fp16/{model}/{imgsz}/model.onnx)",
+        )
+    if precision != "int8" and qdq_onnx:
+        raise TrtflowError(
+            f"a Q/DQ ONNX was given for a {precision} engine on target {target!r}",
+            "give the Q/DQ ONNX to int8 engines only",
+        )
+
+
 def _build_python(
     source: Path,
     engine_path: str | Path,
@@ -314,15 +365,18 @@ def _build_python(
     started: float,
     profile: str,
     image_size: int,
+    command: list[str],
 ) -> dict[str, Any]:
+    backend = backend_of(spec)
     if spec.get("transport", "local") != "local":
         raise TrtflowError(
-            f"target {target!r}: backend python runs on this host only",
+            f"target {target!r}: backend {backend} runs on this host only",
             f"use backend: trtexec for SSH targets (targets.{target}.backend) — the device "
             "then needs no Python",
         )
     from trtflow.trt_python import build_engine_python
 
+    caps = [str(c) for c in spec.get("compute_capabilities", [])]
     with target_lock(target):
         info = build_engine_python(
             source,
@@ -334,15 +388,28 @@ def _build_python(
             workspace_mib=workspace,
             timing_cache=timing_cache,
             calibration_cache=calibration_cache,
+            library=PYTHON_BACKENDS[backend],
+            compute_capabilities=caps,
         )
     declared = str(spec["tensorrt"])
     if not same_version(declared, info["tensorrt"]):
         Path(engine_path).unlink(missing_ok=True)
         raise TrtflowError(
-            f"target {target!r} declares TensorRT {declared}, the Python bindings are "
-            f"{info['tensorrt']}",
+            f"target {target!r} declares {info['library']} {declared}, the Python bindings "
+            f"are {info['tensorrt']}",
             f'set targets.{target}.tensorrt: "{info["tensorrt"]}"',
         )
+    size = Path(engine_path).stat().st_size
+    log.info(
+        "built %s (%s %s, %s, %s): %.1f MB in %.2f s",
+        engine_path,
+        info["library"],
+        info["tensorrt"],
+        precision,
+        profile,
+        size / 1e6,
+        info["build_seconds"],
+    )
     return write_manifest(
         engine_path,
         stage="build_engine",
@@ -354,28 +421,21 @@ def _build_python(
             "image_size": image_size,
             "workspace_mib": workspace,
         },
-        command=[
-            "trtflow",
-            "build-engine",
-            "--onnx",
-            str(source),
-            "--out",
-            str(engine_path),
-            "--precision",
-            precision,
-            "--profile",
-            profile,
-        ],
+        command=command,
         started=started,
         extra={
             "target": target,
             "transport": "local",
-            "backend": "python",
+            "backend": backend,
+            "library": info["library"],
             "tensorrt": {"declared": declared, "probed": info["tensorrt"]},
             "device": {"declared": spec["device"], "probed": info.get("device")},
+            "compute_capabilities": caps if backend == "tensorrt-rtx" else None,
+            "ahead_of_time": backend == "tensorrt-rtx",
             "onnx_sha256": sha256_path(source),
             "io": {"input": io},
             "build_seconds": info["build_seconds"],
+            "engine_bytes": size,
             "standin": False,
         },
         manifest_path=manifest_path,
@@ -408,17 +468,21 @@ def benchmark_engine(
     io = man["io"]["input"]
     standin = is_standin_engine(engine_path)
     _check_target_available(target, spec)
-    if spec.get("backend", "trtexec") == "python":
+    if backend_of(spec) in PYTHON_BACKENDS:
         from trtflow.trt_python import benchmark_engine_python
 
         if spec.get("transport", "local") != "local":
             raise TrtflowError(
-                f"target {target!r}: backend python runs on this host only",
+                f"target {target!r}: backend {backend_of(spec)} runs on this host only",
                 f"use backend: trtexec for targets.{target}",
             )
         with target_lock(target):
             summary = benchmark_engine_python(
-                engine_path, batch=batch, warmup_ms=warmup_ms, iterations=iterations
+                engine_path,
+                batch=batch,
+                warmup_ms=warmup_ms,
+                iterations=iterations,
+                library=PYTHON_BACKENDS[backend_of(spec)],
             )
         argv: list[str] = ["trtflow", "benchmark-engine", "--engine", str(engine_path)]
         exports: dict[str, Any] = {}
@@ -569,11 +633,13 @@ def check_engine_parity(
         log.warning("parity skipped for %s: %s", engine_path, report["skipped"])
         write_json(out_json, report)
         return report
-    if spec.get("backend", "trtexec") == "python":
+    if backend_of(spec) in PYTHON_BACKENDS:
         from trtflow.trt_python import run_engine_python
 
         with target_lock(target):
-            engine_out = run_engine_python(engine_path, {io["name"]: x})
+            engine_out = run_engine_python(
+                engine_path, {io["name"]: x}, PYTHON_BACKENDS[backend_of(spec)]
+            )
         argv: list[str] = ["trtflow", "check-engine-parity", "--engine", str(engine_path)]
     else:
         argv = trtexec.parity_argv(

@@ -37,6 +37,8 @@ TOOLS = (
     "onnxruntime",
     "numpy",
     "protobuf",
+    "tensorrt-rtx",
+    "onnxconverter-common",
 )
 
 

@@ -1,16 +1,28 @@
-"""Static checks of a patched ONNX against a target's TensorRT version, on the CPU host.
+"""Checks of a patched ONNX against a target's TensorRT, on the CPU host.
 
 Run before anything is shipped to a device: an engine build that fails after an hour of
 copying and tactic timing on a Jetson is the expensive way to learn that an operator is
 missing. Every failing check names the node, the reason and the patch (trtflow.patches) that
-fixes it. The operator facts are data files (trtflow/data/onnx_trt_ops_<version>.txt, from
-onnx-tensorrt's published support tables; their headers say exactly where each came from).
+fixes it.
+
+- The real parser: where TensorRT-RTX is installed (it is in the pinned stack), every ONNX the
+  target's engines are built from (patched, Q/DQ, fp16) is parsed by its ONNX parser — TensorRT
+  10's — and each node it rejects is reported with the parser's message verbatim and, from
+  PARSER_FIXES, the patch that fixes it. Tables of operator names cannot see attribute
+  constraints (tf2onnx's nearest Resize passed them and every real parser rejected it).
+- Static tables, for what that parser cannot speak for: the operators of older parsers
+  (trtflow/data/onnx_trt_ops_<version>.txt, from onnx-tensorrt's published support tables;
+  their headers say where each came from), TensorRT 8.x's INT64 casts and opset ceiling, and
+  the plugins 8.x/10.x ship (TensorRT-RTX ships none, so its parser rejects every plugin node:
+  on other targets those nodes are left to the plugin table).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -41,6 +53,7 @@ class Finding:
     op: str
     reason: str
     patch: str | None  # the trtflow.patches patch that fixes it
+    onnx: str | None = None  # the file, for findings of the real parser
 
     def line(self) -> str:
         fix = f" — fix: add patch {self.patch}" if self.patch else ""
@@ -186,6 +199,53 @@ def check_int64(model: Any, version: str) -> list[Finding]:
     return findings
 
 
+# What a real parser's message means for trtflow: (regular expression, the patch that fixes it).
+# A "remove ..." entry is the fix itself (a patch that must go, not one to add).
+PARSER_FIXES: tuple[tuple[str, str], ...] = (
+    (r"tf_half_pixel_for_nn", "nearest_resize"),
+    (r"Plugin not found", "remove patch efficient_nms from models.<name>.patches (TensorRT-RTX "
+     "ships no plugins)"),
+    (r"[Ii]nput .* batch|Reshape.*batch", "fix_batch"),
+)  # fmt: skip
+
+
+# TensorRT-RTX ships no plugins, and implements some ONNX ops (e.g. NonZero) through a plugin that
+# TensorRT 10 has: such a message speaks for TensorRT-RTX only.
+_PLUGIN = re.compile(r"[Pp]lugin (not found|creator|registry)")
+
+
+def parser_fix(message: str) -> str | None:
+    """The patch that fixes what the parser says, from PARSER_FIXES (None: none known)."""
+    return next((fix for pattern, fix in PARSER_FIXES if re.search(pattern, message)), None)
+
+
+def check_parser(onnx_paths: Sequence[str | Path], plugins_are_errors: bool) -> list[Finding]:
+    """Parse each file with TensorRT-RTX's ONNX parser; one error finding per rejected node.
+
+    ``plugins_are_errors`` is True for TensorRT-RTX targets (no plugins); elsewhere a node that
+    needs a plugin TensorRT-RTX lacks is the static tables' business (check_operators).
+    """
+    from trtflow import rtx
+
+    findings = []
+    for path in onnx_paths:
+        for e in rtx.parse_onnx(path):
+            if not plugins_are_errors and (e.op in PLUGINS_SINCE or _PLUGIN.search(e.message)):
+                log.info(
+                    "parser: node %r (%s) needs a plugin TensorRT-RTX lacks; left to the static "
+                    "tables of TensorRT (which ship it or not): %s",
+                    e.name,
+                    e.op,
+                    e.message,
+                )
+                continue
+            findings.append(
+                Finding("error", "parser", e.name or "<model>", e.op or "?", e.message,
+                        parser_fix(e.message), onnx=str(path))
+            )  # fmt: skip
+    return findings
+
+
 def _dim(d: Any) -> int | str:
     return d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
 
@@ -277,27 +337,45 @@ def preflight(
     target: str = "?",
     dynamic: bool = False,
     patches: list[str] | None = None,
+    backend: str = "trtexec",
+    sources: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
-    """Check ``onnx_path`` for a TensorRT ``tensorrt`` target; raise on the first error(s)."""
+    """Check ``onnx_path`` (and ``sources``: the Q/DQ and fp16 ONNX the target builds too) for a
+    TensorRT ``tensorrt`` target; raise on the first error(s).
+
+    ``backend: tensorrt-rtx`` targets (``tensorrt`` is then the TensorRT-RTX version) are
+    checked by the real parser alone, which is theirs; other targets get the static tables and,
+    where TensorRT-RTX is installed, its parser as well.
+    """
     import onnx
+
+    from trtflow import rtx
 
     started = time.time()
     parse_version(tensorrt)
+    is_rtx = backend == "tensorrt-rtx"
     model = onnx.load(str(onnx_path), load_external_data=False)
-    findings = [
-        *check_operators(model, tensorrt),
-        *check_int64(model, tensorrt),
-        *check_batch(model, dynamic),
-        *check_opset(model, tensorrt),
-    ]
+    findings = [] if is_rtx else [*check_operators(model, tensorrt), *check_int64(model, tensorrt)]
+    findings += check_batch(model, dynamic)
+    if not is_rtx:
+        findings += check_opset(model, tensorrt)
+    parsed = [str(onnx_path), *map(str, sources)]
+    if is_rtx or rtx.available():
+        findings += check_parser(parsed, plugins_are_errors=is_rtx)
+        parser = {"library": f"tensorrt-rtx {rtx.version()}", "files": parsed}
+    else:
+        log.info("TensorRT-RTX is not installed: no real parser, static tables only")
+        parser = None
     errors = [f for f in findings if f.severity == "error"]
-    table_version, _ = ops_table_for(tensorrt)
+    table_version = None if is_rtx else ops_table_for(tensorrt)[0]
     report = {
         "onnx": str(onnx_path),
         "onnx_sha256": sha256_path(onnx_path),
         "target": target,
         "tensorrt": tensorrt,
+        "backend": backend,
         "ops_table": table_version,
+        "parser": parser,
         "dynamic_profile": dynamic,
         "inputs": input_contract(model),
         "nodes": len(model.graph.node),
@@ -311,9 +389,10 @@ def preflight(
         more = f" (+{len(errors) - 1} more, see the log)" if len(errors) > 1 else ""
         first = errors[0]
         in_recipe = patches is not None and first.patch in patches
+        where = first.onnx or onnx_path
         raise TrtflowError(
-            f"preflight of {onnx_path} for target {target!r} (TensorRT {tensorrt}) failed: "
-            f"node {first.node!r} ({first.op}): {first.reason}{more}",
+            f"preflight of {where} for target {target!r} ({_library(backend)} {tensorrt}) "
+            f"failed: node {first.node!r} ({first.op}): {first.reason}{more}",
             (
                 first.patch
                 if first.patch and first.patch.startswith("remove ")
@@ -324,12 +403,18 @@ def preflight(
             ),
         )
     log.info(
-        "preflight ok: %d nodes, %d warnings, TensorRT %s (ops table %s)",
+        "preflight ok: %d nodes, %d warnings, %s %s (ops table %s, real parser %s)",
         report["nodes"],
         len(findings),
+        _library(backend),
         tensorrt,
         table_version,
+        parser["library"] if parser else None,
     )
     if out_json:
         write_json(out_json, report)
     return report
+
+
+def _library(backend: str) -> str:
+    return "TensorRT-RTX" if backend == "tensorrt-rtx" else "TensorRT"

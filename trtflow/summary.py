@@ -111,3 +111,80 @@ def render_summary(
     with atomic_path(md_path) as tmp:
         tmp.write_text("# trtflow summary\n\n" + markdown_table(rows))
     return rows
+
+
+# -------------------------------------------------------- engines (rule render_engine_summary)
+ENGINE_COLUMNS = [
+    "target",
+    "model",
+    "image_size",
+    "precision",
+    "profile",
+    "library",
+    "compute_capabilities",
+    "engine_mb",
+    "build_s",
+    "gpu_p50_ms",
+    "host_p50_ms",
+    "parity_max_abs",
+    "status",
+]
+
+
+def collect_engine_rows(
+    manifests: Sequence[str],
+    bench: Sequence[str] = (),
+    parity: Sequence[str] = (),
+    not_run: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per engine: from its manifest, plus its benchmark and parity where they ran."""
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def key(path: str) -> tuple[str, ...]:
+        p = Path(path).parts
+        i = p.index("results")  # results/<stage>/<target>/<model>/<imgsz>/<precision>/<profile>
+        return (*p[i + 2 : i + 6], Path(p[i + 6]).name.split(".")[0])
+
+    for path in manifests:
+        m = read_json(path)
+        target, model, imgsz, precision, profile = key(path)
+        tensorrt = m.get("tensorrt", {})
+        rows[key(path)] = {
+            "target": target,
+            "model": model,
+            "image_size": int(imgsz),
+            "precision": precision,
+            "profile": profile,
+            "library": f"{m.get('library') or 'tensorrt'} {tensorrt.get('probed') or ''}".strip(),
+            "compute_capabilities": " ".join(m.get("compute_capabilities") or []),
+            "engine_mb": round(m["size_bytes"] / 1e6, 2),
+            "build_s": m.get("build_seconds"),
+            "status": "STAND-IN (not TensorRT)" if m.get("standin") else "built",
+        }
+        if target in (not_run or {}):
+            rows[key(path)]["status"] = (not_run or {})[target]
+    for path in bench:
+        b = read_json(path)
+        r = rows.setdefault(key(path), {})
+        r.update(gpu_p50_ms=round(b["gpu_compute"]["p50_ms"], 3),
+                 host_p50_ms=round(b["host_latency"]["p50_ms"], 3))  # fmt: skip
+        if r.get("status") == "built":
+            r["status"] = "built, run"
+    for path in parity:
+        p = read_json(path)
+        if p.get("max_abs") is not None:
+            rows.setdefault(key(path), {})["parity_max_abs"] = f"{p['max_abs']:.3g}"
+    return [rows[k] for k in sorted(rows)]
+
+
+def render_engine_summary(
+    csv_path: str | Path, md_path: str | Path, **inputs: Any
+) -> list[dict[str, Any]]:
+    rows = collect_engine_rows(**inputs)
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=ENGINE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text("# trtflow engines\n\n" + markdown_table(rows, ENGINE_COLUMNS))
+    return rows

@@ -103,6 +103,71 @@ PLUGIN_PATCH: dict[str, str] = {"EfficientNMS_TRT": "efficient_nms"}
 
 _VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+){0,2}$")
 
+# ---------------------------------------------------------------- backends
+#: Backends that drive TensorRT through its Python API (Polygraphy) on this host: the module.
+PYTHON_BACKENDS: dict[str, str] = {"python": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+#: TensorRT-RTX: real parser and ahead-of-time builder on any host; runs on RTX-class GPUs.
+RTX = "tensorrt-rtx"
+
+
+def backend_of(spec: dict[str, Any]) -> str:
+    return str(spec.get("backend", "trtexec"))
+
+
+def is_rtx(spec: dict[str, Any]) -> bool:
+    return backend_of(spec) == RTX
+
+
+def builds_qdq(spec: dict[str, Any]) -> bool:
+    """int8 engines from the Q/DQ ONNX (TensorRT >= 10, TensorRT-RTX); else a calibration cache."""
+    return is_rtx(spec) or parse_version(str(spec["tensorrt"]))[0] >= 10
+
+
+def builds_fp16_onnx(spec: dict[str, Any]) -> bool:
+    """fp16 engines from an fp16 ONNX: TensorRT-RTX is strongly typed (no fp16 builder flag)."""
+    return is_rtx(spec)
+
+
+def local_compute_capabilities() -> frozenset[str]:
+    """Compute capabilities of this host's NVIDIA GPUs ("8.6", ...), from nvidia-smi.
+
+    No GPU library is imported (safe in rules/common.smk); no nvidia-smi means no GPU.
+    """
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return frozenset()
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(
+        line.strip() for line in out.splitlines() if re.fullmatch(r"\d+\.\d+", line.strip())
+    )
+
+
+def runs_here(spec: dict[str, Any], local_caps: frozenset[str]) -> bool:
+    """Whether this target's engines can be run (benchmark, parity) from this host.
+
+    A TensorRT-RTX target builds ahead of time anywhere; its engines run only on a GPU of one
+    of its compute capabilities. Other targets run on their device (local or ssh), as before.
+    """
+    if not is_rtx(spec):
+        return True
+    return bool(local_caps & {str(c) for c in spec.get("compute_capabilities", [])})
+
+
+#: What the summary says of a built TensorRT-RTX engine this host cannot run.
+NOT_RUN_HERE = "built, not run: no supported GPU here"
+
 
 def parse_version(version: str) -> tuple[int, ...]:
     """'8.2.1' -> (8, 2, 1); '10.3' -> (10, 3)."""
@@ -174,13 +239,16 @@ def build_relevant(spec: dict[str, Any]) -> dict[str, Any]:
     How the device is reached (host, user, port, workdir, trtexec path, ssh config) is left
     out on purpose: moving a device to a new address must not rebuild its engines.
     """
-    return {
+    relevant = {
         "tensorrt": str(spec["tensorrt"]),
         "device": spec["device"],
         "backend": spec.get("backend", "trtexec"),
         "workspace_mib": spec.get("workspace_mib", 1024),
         "dla_core": spec.get("dla_core"),
     }
+    if is_rtx(spec):  # the architectures an ahead-of-time build targets
+        relevant["compute_capabilities"] = [str(c) for c in spec.get("compute_capabilities", [])]
+    return relevant
 
 
 def parse_profile(profile: str) -> dict[str, int]:

@@ -1,7 +1,13 @@
-"""TensorRT Python-API backend (``backend: python`` targets): build, time and run engines.
+"""TensorRT Python-API backends (``backend: python`` and ``backend: tensorrt-rtx`` targets).
 
 Building uses Polygraphy's loaders (NetworkFromOnnxPath → CreateConfig → EngineBytesFromNetwork),
-which already bridge TensorRT 8.x and 10.x. Running is written out for both API generations:
+which already bridge TensorRT 8.x, 10.x and TensorRT-RTX: Polygraphy imports ``tensorrt_rtx``
+instead of ``tensorrt`` when ``POLYGRAPHY_USE_TENSORRT_RTX=1`` is set before its TensorRT
+backend is first imported (``use_library``), so one process drives one of them. The two share
+everything but the config: TensorRT-RTX takes ``CreateConfigRTX(compute_capabilities=...)``
+(an ahead-of-time build for those GPU architectures, no GPU needed) and no precision flags
+(strongly typed: fp16 and INT8 come from the ONNX). Running is written out for both API
+generations (TensorRT-RTX has the 10.x one):
 
 - TensorRT 8.x "bindings": ``num_bindings``, ``get_binding_name/dtype/shape``,
   ``binding_is_input``, ``set_binding_shape`` and ``execute_async_v2(bindings, stream)``;
@@ -48,8 +54,34 @@ class _LegacyContext(Protocol):
     def execute_async_v2(self, bindings: list[int], stream_handle: int) -> bool: ...
 
 
-def _trt() -> Any:
-    """The real tensorrt module, or a clear error (tensorrt-stubs alone is not TensorRT)."""
+#: Python module of each library; "tensorrt_rtx" is TensorRT-RTX.
+LIBRARIES = ("tensorrt", "tensorrt_rtx")
+
+
+def use_library(library: str) -> None:
+    """Make Polygraphy's TensorRT backend drive ``library`` in this process (before its import)."""
+    import os
+    import sys
+
+    rtx = library == "tensorrt_rtx"
+    os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if rtx else "0"
+    from polygraphy import config  # type: ignore[import-untyped, unused-ignore]
+
+    if "polygraphy.backend.trt" in sys.modules and bool(config.USE_TENSORRT_RTX) != rtx:
+        raise TrtflowError(
+            f"this process already drives {'tensorrt' if rtx else 'tensorrt_rtx'} through "
+            f"Polygraphy, it cannot switch to {library}",
+            "run one backend per process (each Snakemake job is one)",
+        )
+    config.USE_TENSORRT_RTX = rtx
+
+
+def _trt(library: str = "tensorrt") -> Any:
+    """The real TensorRT (or TensorRT-RTX) module, or a clear error (stubs are not TensorRT)."""
+    if library == "tensorrt_rtx":
+        from trtflow import rtx
+
+        return rtx.module()
     try:
         import tensorrt
     except ImportError as exc:
@@ -75,7 +107,9 @@ def tensorrt_available() -> bool:
 
 
 def api_generation(trt_module: Any) -> str:
-    """'tensors' (10.x named-tensor API) or 'bindings' (8.x)."""
+    """'tensors' (10.x named-tensor API, TensorRT-RTX) or 'bindings' (8.x)."""
+    if trt_module.__name__ == "tensorrt_rtx":
+        return "tensors"
     major = int(str(trt_module.__version__).split(".")[0])
     return "tensors" if major >= 10 else "bindings"
 
@@ -94,9 +128,25 @@ def build_engine_python(
     workspace_mib: int,
     timing_cache: str | Path | None = None,
     calibration_cache: str | Path | None = None,
+    library: str = "tensorrt",
+    compute_capabilities: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Build with Polygraphy's loaders; returns version/device/build time."""
-    trt = _trt()
+    """Build with Polygraphy's loaders; returns version/device/build time.
+
+    ``library="tensorrt_rtx"``: an ahead-of-time build for ``compute_capabilities``
+    (e.g. ``["8.6", "8.9", "12.0"]``); ``precision`` is then the ONNX's own (no flags) and the
+    timing cache is not used (a no-op in TensorRT-RTX >= 1.2).
+    """
+    use_library(library)
+    trt = _trt(library)
+    if library == "tensorrt_rtx" and timing_cache:
+        log.info(
+            "TensorRT-RTX %s: timing cache operations are no-ops (deprecated since 1.2; it "
+            "compiles kernels at run time instead): %s not used",
+            trt.__version__,
+            timing_cache,
+        )
+        timing_cache = None
     from polygraphy.backend.trt import (  # type: ignore[import-untyped, unused-ignore]
         Calibrator,
         CreateConfig,
@@ -117,19 +167,37 @@ def build_engine_python(
                 max=[profile["max"], *rest],
             )
         ]
-    calibrator = None
-    if precision in ("int8", "best") and calibration_cache:
-        calibrator = Calibrator(data_loader=[], cache=str(calibration_cache))
-    config = CreateConfig(
-        fp16=precision in ("fp16", "best"),
-        int8=precision in ("int8", "best"),
-        profiles=profiles,
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_mib) << 20},
-        load_timing_cache=str(timing_cache)
+    common: dict[str, Any] = {
+        "profiles": profiles,
+        "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: int(workspace_mib) << 20},
+        "load_timing_cache": str(timing_cache)
         if timing_cache and Path(timing_cache).is_file()
         else None,
-        calibrator=calibrator,
-    )
+    }
+    if library == "tensorrt_rtx":
+        from polygraphy.backend.tensorrt_rtx import (  # type: ignore[import-untyped, unused-ignore]
+            CreateConfigRTX,
+        )
+
+        caps = [tuple(int(p) for p in str(c).split(".")) for c in compute_capabilities]
+        if not caps:
+            raise TrtflowError(
+                "a TensorRT-RTX build needs the compute capabilities it targets",
+                'set targets.<name>.compute_capabilities, e.g. ["8.6", "8.9", "12.0"]',
+            )
+        config = CreateConfigRTX(compute_capabilities=caps, **common)
+    else:
+        calibrator = None
+        if precision in ("int8", "best") and calibration_cache:
+            calibrator = Calibrator(data_loader=[], cache=str(calibration_cache))
+        config = CreateConfig(
+            fp16=precision in ("fp16", "best"),
+            int8=precision in ("int8", "best"),
+            calibrator=calibrator,
+            **common,
+        )
+    if timing_cache:
+        Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     build = EngineBytesFromNetwork(
         NetworkFromOnnxPath(str(onnx_path)),
@@ -142,7 +210,8 @@ def build_engine_python(
         tmp.write_bytes(bytes(data))
     return {
         "tensorrt": str(trt.__version__),
-        "device": _device_name(),
+        "library": library,
+        "device": None if library == "tensorrt_rtx" else _device_name(),
         "build_seconds": round(seconds, 3),
         "api": api_generation(trt),
     }
@@ -172,8 +241,8 @@ def _dims(dims: trt_types.Dims) -> list[int]:
 class EngineRunner:
     """Load a serialized engine and run it with device buffers (Polygraphy's CUDA wrapper)."""
 
-    def __init__(self, engine_path: str | Path) -> None:
-        trt = _trt()
+    def __init__(self, engine_path: str | Path, library: str = "tensorrt") -> None:
+        trt = _trt(library)
         self.trt = trt
         self.api = api_generation(trt)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -281,12 +350,17 @@ class EngineRunner:
 
 
 def benchmark_engine_python(
-    engine_path: str | Path, *, batch: int, warmup_ms: int = 200, iterations: int = 100
+    engine_path: str | Path,
+    *,
+    batch: int,
+    warmup_ms: int = 200,
+    iterations: int = 100,
+    library: str = "tensorrt",
 ) -> dict[str, Any]:
     """Same summary keys as trtflow.trtexec.parse_times (host-side timers around each step)."""
     from trtflow.trtexec import _stats
 
-    runner = EngineRunner(engine_path)
+    runner = EngineRunner(engine_path, library)
     inputs = [(n, d) for n, is_in, d in runner.io() if is_in]
     feeds = {}
     for name, dtype in inputs:
@@ -317,8 +391,8 @@ def benchmark_engine_python(
 
 
 def run_engine_python(
-    engine_path: str | Path, feeds: dict[str, np.ndarray]
+    engine_path: str | Path, feeds: dict[str, np.ndarray], library: str = "tensorrt"
 ) -> dict[str, np.ndarray]:
     """One inference; outputs by name (for engine parity)."""
-    outputs, _ = EngineRunner(engine_path).run(feeds, iterations=1)
+    outputs, _ = EngineRunner(engine_path, library).run(feeds, iterations=1)
     return outputs

@@ -1,0 +1,21 @@
+"""Snakemake adapter of rule convert_onnx_to_fp16 -> trtflow.fp16.convert_onnx_to_fp16."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.fp16 import convert_onnx_to_fp16
+    from trtflow.runner import run_stage
+
+    run_stage(
+        lambda: convert_onnx_to_fp16(
+            smk.input.onnx, smk.output.onnx, manifest_path=smk.output.manifest
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
