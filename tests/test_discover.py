@@ -176,6 +176,16 @@ def test_export_pb_discovers_and_records(tmp_path, other_pb):
     assert json.loads((tmp_path / "model.pb.manifest.json").read_text())["discovery"] == found
 
 
+def test_builtin_model_is_discovered_as_pixels_anchor_y_x(tmp_path):
+    from trtflow.export import export_pb, export_saved_model
+
+    sm = export_saved_model(tmp_path / "sm", "builtin", SIZE, "n", 2)
+    found = export_pb(sm, tmp_path / "model.pb", "builtin", SIZE)["discovery"]
+    assert found["box_format"]["value"] == "pixels"
+    assert found["decode_layout"]["value"] == "anchor_y_x"
+    assert found["batch"]["value"] == "dynamic" and found["classes"]["value"] == 2
+
+
 def test_nchw_pb_is_probed_in_its_own_layout(tmp_path):
     from trtflow.export import export_pb
     from trtflow.pbinfo import image_input
