@@ -181,7 +181,7 @@ def test_speedup_benchmark_script_prints_table_and_checks_floor(models):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "int8_speedup.py"
+    script = Path(__file__).resolve().parent.parent / "bench" / "int8_speedup.py"
     d = models
     argv = [sys.executable, str(script), "--fp32", str(d / "fp32.onnx"), "--int8",
             str(d / "int8.onnx"), "--threads", "1", "--batch", "1,2", "--warmup", "1",

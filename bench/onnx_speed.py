@@ -3,7 +3,7 @@
 Builds the model through the real stage functions in a temp dir, then times all three with the
 same input, threads and iteration count, interleaved round by round so drift hits all equally.
 
-    python benchmarks/onnx_speed.py [--variant s] [--image-size 640] [--threads 2]
+    python bench/onnx_speed.py [--variant s] [--image-size 640] [--threads 2]
 """
 
 from __future__ import annotations

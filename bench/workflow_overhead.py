@@ -4,7 +4,7 @@ The zoo (N builtin models x 2 image sizes x 2 batch sizes) is marked complete by
 output of ``snakemake --summary`` in stage order (no TF runs needed), so the timed command is a
 real no-op run: parse, validate the config, build the DAG, stat every file, decide nothing to do.
 
-    python benchmarks/workflow_overhead.py [--models 10] [--repeats 3]
+    python bench/workflow_overhead.py [--models 10] [--repeats 3]
 """
 
 from __future__ import annotations

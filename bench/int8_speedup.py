@@ -1,6 +1,6 @@
 """INT8 (Q/DQ) vs fp32 patched ONNX on this CPU, side by side in one run.
 
-    python benchmarks/int8_speedup.py --fp32 results/patched/yolov5s/640/model.onnx \\
+    python bench/int8_speedup.py --fp32 results/patched/yolov5s/640/model.onnx \\
         --int8 results/int8/yolov5s/640/model.qdq.onnx --threads 1,2 --batch 1,4
 
 Both models run in ONNX Runtime (CPU) with the same session options and threads, timed in
