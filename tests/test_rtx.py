@@ -417,3 +417,42 @@ def test_pb_in_other_exporters_layout_parses_after_the_recipe(tmp_path):
     np.save(calib, np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32))
     quantize_onnx(tmp_path / "patched.onnx", calib, tmp_path / "qdq.onnx", tmp_path / "r.json")
     assert rtx.parse_onnx(tmp_path / "qdq.onnx") == []
+
+
+def test_manifest_command_reproduces_the_engine(variant, tmp_path):
+    """The engine manifest's command, run as is from the repo (its config.yaml's rtx target),
+    rebuilds the engine; `trtflow fp16` makes the fp16 ONNX."""
+    import shlex
+
+    from tests.conftest import REPO, run_cli
+    from trtflow.config import load_config
+    from trtflow.engine import build_engine
+    from trtflow.manifest import read_json
+
+    if not variant["dir"].name.startswith("yolov5n"):
+        pytest.skip("one variant is enough")
+    r = run_cli("fp16", "--onnx", str(variant["patched"]), "--out", str(tmp_path / "h.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert rtx.parse_onnx(tmp_path / "h.onnx") == []
+    spec = load_config(REPO / "config.yaml")["targets"]["rtx"]
+    engine = tmp_path / "fp16.engine"
+    man = build_engine(
+        variant["patched"],
+        engine,
+        target="rtx",
+        spec=spec,
+        precision="fp16",
+        profile="b1-2-4",
+        image_size=SIZE,
+        fp16_onnx=tmp_path / "h.onnx",
+    )
+    argv = shlex.split(man["command"])
+    assert argv[:2] == ["trtflow", "build-engine"]
+    again = tmp_path / "again.engine"
+    argv[argv.index("--out") + 1] = str(again)
+    r = run_cli(*argv[1:])
+    assert r.returncode == 0, r.stderr
+    rebuilt = read_json(f"{again}.manifest.json")
+    assert rebuilt["size_bytes"] == man["size_bytes"]  # same plan (not bytewise: it is stamped)
+    assert rebuilt["compute_capabilities"] == ["8.6", "8.9", "12.0"]
+    assert rebuilt["inputs"] == man["inputs"]
