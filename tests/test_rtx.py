@@ -251,9 +251,8 @@ RTX_SPEC = {
 }
 
 
-@pytest.fixture(scope="module", params=["n", "s"])
-def variant(request, tmp_path_factory) -> dict[str, Path]:
-    """Builtin yolov5<variant> at 64: tf2onnx -> patched (dynamic and batch 2) -> fp16, Q/DQ."""
+def _make_variant(name: str, tmp_path_factory) -> dict[str, Path]:
+    """Builtin yolov5<name> at 64: tf2onnx -> patched (dynamic and batch 2) -> fp16, Q/DQ."""
     if not rtx.available():
         pytest.skip("tensorrt-rtx is not installed")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -264,11 +263,9 @@ def variant(request, tmp_path_factory) -> dict[str, Path]:
     from trtflow.quantize import quantize_onnx
     from trtflow.yolov5 import build_yolov5
 
-    out = tmp_path_factory.mktemp(f"yolov5{request.param}")
+    out = tmp_path_factory.mktemp(f"yolov5{name}")
     spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="images"),)
-    raw, _ = tf2onnx.convert.from_keras(
-        build_yolov5(request.param, 2, SIZE), input_signature=spec, opset=17
-    )
+    raw, _ = tf2onnx.convert.from_keras(build_yolov5(name, 2, SIZE), input_signature=spec, opset=17)
     paths = {"raw": out / "raw.onnx", "patched": out / "patched.onnx",
              "static": out / "static.onnx", "fp16": out / "fp16.onnx",
              "qdq": out / "qdq.onnx"}  # fmt: skip
@@ -281,6 +278,31 @@ def variant(request, tmp_path_factory) -> dict[str, Path]:
     np.save(calib, np.random.default_rng(0).random((4, 3, SIZE, SIZE), dtype=np.float32))
     quantize_onnx(paths["patched"], calib, paths["qdq"], out / "ranges.json")
     return {**paths, "dir": out}
+
+
+@pytest.fixture(scope="module", params=["n", "s"])
+def variant(request, tmp_path_factory) -> dict[str, Path]:
+    return _make_variant(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["m", "l", "x"])
+def large_variant(request, tmp_path_factory) -> dict[str, Path]:
+    return _make_variant(request.param, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_large_variants_parse_and_build(large_variant, tmp_path):
+    """yolov5m/l/x: every ONNX parses; the dynamic fp32 and int8 engines build."""
+    from trtflow.engine import build_engine
+
+    for key in ("patched", "static", "fp16", "qdq"):
+        assert rtx.parse_onnx(large_variant[key]) == [], key
+    for precision in ("fp32", "int8"):
+        engine = tmp_path / f"{precision}.engine"
+        build_engine(large_variant["patched"], engine, target="rtx", spec=RTX_SPEC,
+                     precision=precision, profile="b1-2-4", image_size=SIZE,
+                     qdq_onnx=large_variant["qdq"] if precision == "int8" else None)  # fmt: skip
+        assert engine.stat().st_size > 1_000_000
 
 
 @pytest.mark.parametrize("key", ["patched", "static", "fp16", "qdq"])
