@@ -308,7 +308,8 @@ def test_three_hosts_rerun_only_on_change(s3, tmp_path):
     assert executed(convert.run("onnx", "preflight")) == {
         "convert_pb_to_onnx": 2, "patch_onnx": 2, "preflight_engine": 2}  # fmt: skip
     assert executed(device.run("engine")) == {
-        "build_engine": 2, "benchmark_engine": 2, "check_engine_parity": 2}  # fmt: skip
+        "build_engine": 2, "benchmark_engine": 2, "check_engine_parity": 2,
+        "render_engine_summary": 1}  # fmt: skip
     for host, targets in ((train, ["pb"]), (convert, ["onnx", "preflight"]), (device, ["engine"])):
         host.assert_up_to_date(*targets)
 
@@ -322,7 +323,8 @@ def test_three_hosts_rerun_only_on_change(s3, tmp_path):
     assert executed(convert.run("onnx", "preflight")) == {
         "convert_pb_to_onnx": 1, "patch_onnx": 1, "preflight_engine": 1}  # fmt: skip
     out = device.run("engine")
-    assert executed(out) == {"build_engine": 1, "benchmark_engine": 1, "check_engine_parity": 1}
+    assert executed(out) == {"build_engine": 1, "benchmark_engine": 1, "check_engine_parity": 1,
+                             "render_engine_summary": 1}  # fmt: skip
     assert "tiny-a" not in "".join(re.findall(r"wildcards: .*", out))
     for host, targets in ((train, ["pb"]), (convert, ["onnx", "preflight"]), (device, ["engine"])):
         host.assert_up_to_date(*targets)

@@ -251,9 +251,8 @@ RTX_SPEC = {
 }
 
 
-@pytest.fixture(scope="module", params=["n", "s"])
-def variant(request, tmp_path_factory) -> dict[str, Path]:
-    """Builtin yolov5<variant> at 64: tf2onnx -> patched (dynamic and batch 2) -> fp16, Q/DQ."""
+def _make_variant(name: str, tmp_path_factory) -> dict[str, Path]:
+    """Builtin yolov5<name> at 64: tf2onnx -> patched (dynamic and batch 2) -> fp16, Q/DQ."""
     if not rtx.available():
         pytest.skip("tensorrt-rtx is not installed")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -264,11 +263,9 @@ def variant(request, tmp_path_factory) -> dict[str, Path]:
     from trtflow.quantize import quantize_onnx
     from trtflow.yolov5 import build_yolov5
 
-    out = tmp_path_factory.mktemp(f"yolov5{request.param}")
+    out = tmp_path_factory.mktemp(f"yolov5{name}")
     spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="images"),)
-    raw, _ = tf2onnx.convert.from_keras(
-        build_yolov5(request.param, 2, SIZE), input_signature=spec, opset=17
-    )
+    raw, _ = tf2onnx.convert.from_keras(build_yolov5(name, 2, SIZE), input_signature=spec, opset=17)
     paths = {"raw": out / "raw.onnx", "patched": out / "patched.onnx",
              "static": out / "static.onnx", "fp16": out / "fp16.onnx",
              "qdq": out / "qdq.onnx"}  # fmt: skip
@@ -281,6 +278,31 @@ def variant(request, tmp_path_factory) -> dict[str, Path]:
     np.save(calib, np.random.default_rng(0).random((4, 3, SIZE, SIZE), dtype=np.float32))
     quantize_onnx(paths["patched"], calib, paths["qdq"], out / "ranges.json")
     return {**paths, "dir": out}
+
+
+@pytest.fixture(scope="module", params=["n", "s"])
+def variant(request, tmp_path_factory) -> dict[str, Path]:
+    return _make_variant(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["m", "l", "x"])
+def large_variant(request, tmp_path_factory) -> dict[str, Path]:
+    return _make_variant(request.param, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_large_variants_parse_and_build(large_variant, tmp_path):
+    """yolov5m/l/x: every ONNX parses; the dynamic fp32 and int8 engines build."""
+    from trtflow.engine import build_engine
+
+    for key in ("patched", "static", "fp16", "qdq"):
+        assert rtx.parse_onnx(large_variant[key]) == [], key
+    for precision in ("fp32", "int8"):
+        engine = tmp_path / f"{precision}.engine"
+        build_engine(large_variant["patched"], engine, target="rtx", spec=RTX_SPEC,
+                     precision=precision, profile="b1-2-4", image_size=SIZE,
+                     qdq_onnx=large_variant["qdq"] if precision == "int8" else None)  # fmt: skip
+        assert engine.stat().st_size > 1_000_000
 
 
 @pytest.mark.parametrize("key", ["patched", "static", "fp16", "qdq"])
@@ -417,3 +439,42 @@ def test_pb_in_other_exporters_layout_parses_after_the_recipe(tmp_path):
     np.save(calib, np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32))
     quantize_onnx(tmp_path / "patched.onnx", calib, tmp_path / "qdq.onnx", tmp_path / "r.json")
     assert rtx.parse_onnx(tmp_path / "qdq.onnx") == []
+
+
+def test_manifest_command_reproduces_the_engine(variant, tmp_path):
+    """The engine manifest's command, run as is from the repo (its config.yaml's rtx target),
+    rebuilds the engine; `trtflow fp16` makes the fp16 ONNX."""
+    import shlex
+
+    from tests.conftest import REPO, run_cli
+    from trtflow.config import load_config
+    from trtflow.engine import build_engine
+    from trtflow.manifest import read_json
+
+    if not variant["dir"].name.startswith("yolov5n"):
+        pytest.skip("one variant is enough")
+    r = run_cli("fp16", "--onnx", str(variant["patched"]), "--out", str(tmp_path / "h.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert rtx.parse_onnx(tmp_path / "h.onnx") == []
+    spec = load_config(REPO / "config.yaml")["targets"]["rtx"]
+    engine = tmp_path / "fp16.engine"
+    man = build_engine(
+        variant["patched"],
+        engine,
+        target="rtx",
+        spec=spec,
+        precision="fp16",
+        profile="b1-2-4",
+        image_size=SIZE,
+        fp16_onnx=tmp_path / "h.onnx",
+    )
+    argv = shlex.split(man["command"])
+    assert argv[:2] == ["trtflow", "build-engine"]
+    again = tmp_path / "again.engine"
+    argv[argv.index("--out") + 1] = str(again)
+    r = run_cli(*argv[1:])
+    assert r.returncode == 0, r.stderr
+    rebuilt = read_json(f"{again}.manifest.json")
+    assert rebuilt["size_bytes"] == man["size_bytes"]  # same plan (not bytewise: it is stamped)
+    assert rebuilt["compute_capabilities"] == ["8.6", "8.9", "12.0"]
+    assert rebuilt["inputs"] == man["inputs"]
