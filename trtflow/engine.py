@@ -33,6 +33,7 @@ import numpy as np
 from trtflow import trtexec
 from trtflow.errors import TrtflowError
 from trtflow.manifest import read_json, sha256_path, write_json, write_manifest
+from trtflow.onnxio import load_onnx
 from trtflow.targets import (
     HOW_TO_CONFIGURE,
     PYTHON_BACKENDS,
@@ -170,11 +171,10 @@ def _join(wd: str, name: str) -> str:
 
 def onnx_input(onnx_path: str | Path) -> dict[str, Any]:
     """The ONNX's (single) image input: name, shape (symbolic batch as a string), dtype."""
-    import onnx
 
     from trtflow.preflight import input_contract
 
-    inputs = input_contract(onnx.load(str(onnx_path), load_external_data=False))
+    inputs = input_contract(load_onnx(onnx_path, load_external_data=False))
     if len(inputs) != 1:
         raise TrtflowError(
             f"{onnx_path}: expected one input, found {len(inputs)} "
@@ -590,7 +590,6 @@ def check_engine_parity(
 ) -> dict[str, Any]:
     """Engine outputs vs ONNX Runtime on the same raw input (trtexec --loadInputs /
     --exportOutput); tolerance per precision. Raises when beyond tolerance."""
-    import onnx
 
     from trtflow.parity import errors
 
@@ -606,7 +605,7 @@ def check_engine_parity(
     ]
     x = make_engine_input(shape, seed)
     standin = is_standin_engine(engine_path)
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = load_onnx(onnx_path, load_external_data=False)
     plugins = sorted(
         {
             n.op_type

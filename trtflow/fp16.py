@@ -18,6 +18,7 @@ from typing import Any
 
 from trtflow.errors import TrtflowError
 from trtflow.manifest import atomic_path, write_manifest
+from trtflow.onnxio import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def convert_onnx_to_fp16(
             "onnxconverter-common is not installed (the fp16 ONNX converter)",
             f"pip install {REQUIREMENT} (it is in requirements.txt)",
         ) from exc
-    model = onnx.load(str(onnx_in))
+    model = load_onnx(onnx_in)
     with warnings.catch_warnings(record=True) as caught:  # one warning per clipped weight
         warnings.simplefilter("always")
         half = float16.convert_float_to_float16(model, keep_io_types=True)

@@ -30,6 +30,7 @@ from typing import Any
 
 from trtflow.errors import TrtflowError
 from trtflow.manifest import sha256_path, write_json
+from trtflow.onnxio import load_onnx
 from trtflow.targets import (
     PLUGIN_PATCH,
     PLUGINS_SINCE,
@@ -347,14 +348,13 @@ def preflight(
     checked by the real parser alone, which is theirs; other targets get the static tables and,
     where TensorRT-RTX is installed, its parser as well.
     """
-    import onnx
 
     from trtflow import rtx
 
     started = time.time()
     parse_version(tensorrt)
     is_rtx = backend == "tensorrt-rtx"
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = load_onnx(onnx_path, load_external_data=False)
     findings = [] if is_rtx else [*check_operators(model, tensorrt), *check_int64(model, tensorrt)]
     findings += check_batch(model, dynamic)
     if not is_rtx:
