@@ -92,7 +92,7 @@ def remove_stale_temps(final: str | Path) -> list[Path]:
     """Remove ``.<name>.tmp-<pid>`` siblings of ``final`` left by killed jobs (their process is
     gone); a live writer's temp is left alone. Returns what was removed."""
     final = Path(final)
-    removed = []
+    removed: list[Path] = []
     if not final.parent.is_dir():
         return removed
     for tmp in final.parent.glob(f".{final.name}.tmp-*"):

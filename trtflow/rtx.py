@@ -59,7 +59,7 @@ def make_logger(trt: Any) -> Any:
         trt.ILogger.Severity.VERBOSE: logging.DEBUG,
     }
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _Logger(trt.ILogger):  # type: ignore[misc]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 
