@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/export.smk"
 include: "rules/convert.smk"
@@ -28,6 +31,8 @@ rule all:
         int8_zoo(INT8_GATE, BENCH_INT8),
         SUMMARY_CSV,
         SUMMARY_MD,
+        REPORT_ZOO,
+        GATES,
 
 
 rule pb:
@@ -54,6 +59,8 @@ rule report:
     input:
         SUMMARY_CSV,
         SUMMARY_MD,
+        REPORT_ZOO,
+        GATES,
 
 
 rule int8:
