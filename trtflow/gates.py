@@ -53,9 +53,14 @@ def _reasons(stage: str, report: dict[str, Any]) -> list[str]:
     return ["verdict false"]
 
 
+#: Report file names that are not a wildcard (results/parity/<model>/<imgsz>/parity.json).
+FIXED_NAMES = {"parity", "gate"}
+
+
 def verdict(path: str | Path) -> dict[str, Any]:
     """One gate's verdict: gate, where (model/imgsz/...), ok, reasons, path."""
     stage, keys = where(path)
+    keys = keys[:-1] if keys[-1] in FIXED_NAMES else keys
     report = read_json(path)
     if report.get("skipped"):
         return {"gate": GATE_STAGES.get(stage, stage), "where": "/".join(keys), "ok": True,

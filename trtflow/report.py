@@ -289,7 +289,8 @@ def plot_latency(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
             for k, m in (("p90_ms", "|"), ("p99_ms", "x")):
                 if isinstance(r.get(k), float):
                     ax.plot(r[k], yi, m, color="black", ms=6)
-            ax.text(r["p50_ms"], yi, f" {r['p50_ms']:.2f}", va="center", fontsize=8)
+            end = max(v for v in (r["p50_ms"], r.get("p90_ms"), r.get("p99_ms")) if v)
+            ax.text(end, yi, f"  p50 {r['p50_ms']:.2f}", va="center", fontsize=8)
         ax.set_yticks(y, [_label(r) for r in timed], fontsize=8)
         ax.set_xlabel("latency ms (bar p50, | p90, x p99; engines: host latency)")
         ax.set_title("Latency per model x precision x target and batch")
@@ -350,7 +351,7 @@ def plot_int8_agreement(gate_reports: Sequence[str], path: str | Path) -> None:
         ax.set_xlim(0, 1.05)
         ax.set_xlabel("agreement of INT8 detections with fp32's (1 = identical)")
         ax.set_title("INT8 agreement with fp32 (held-aside images)")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(plt, fig, path)
 
 
@@ -388,7 +389,7 @@ def plot_build_times(manifests: Sequence[str], path: str | Path) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("seconds (manifests' wall time per stage)")
         ax.set_title("Build times per model and stage")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(plt, fig, path)
 
 
@@ -513,7 +514,9 @@ def render_report(
     plot_latency(rows, plots["latency"])
     plot_accuracy_vs_latency(rows, plots["accuracy_vs_latency"])
     plot_int8_agreement(results.get("int8_gate", ()), plots["int8_agreement"])
-    plot_build_times([*manifests, *results.get("engine_manifests", ())], plots["build_times"])
+    timed = ("int8_manifests", "engine_manifests")
+    plot_build_times([*manifests, *(p for k in timed for p in results.get(k, ()))],
+                     plots["build_times"])  # fmt: skip
 
     summary, header = summary_table(summary_csv)
     cpus = sorted({str(_cpu(r)) for r in rows if r.get("cpu")})
