@@ -154,7 +154,7 @@ def zoo_rows(
         target, model, imgsz, precision, profile = (list(key) + [""] * 5)[:5]
         man = next((v for k, v in engine_man.items() if k[:4] == key[:4] and
                     k[4].startswith(profile)), {})  # fmt: skip
-        stats = m.get("host_latency") or m.get("gpu_compute") or {}
+        stats = m.get("host_latency") or m.get("gpu_compute") or m  # or p50_ms etc. at the top
         batch = m.get("batch")
         row = {"model": model, "image_size": int(imgsz) if imgsz.isdigit() else imgsz, "artifact":
                f"engine {profile}".strip(), "precision": m.get("precision", precision),
