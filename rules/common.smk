@@ -393,10 +393,11 @@ def get_report_manifests(wildcards):
     return saved + zoo(manifest(PB)) + zoo(manifest(ONNX_RAW)) + zoo(manifest(ONNX_PATCHED))
 
 
-ENGINE_RESULTS = {  # kind -> (path pattern, the rule that makes it), in the order they are made
-    "engine_manifests": (manifest(ENGINE), "build_engine"),
-    "engine_bench": (ENGINE_BENCH, "benchmark_engine"),
-    "engine_parity": (ENGINE_PARITY, "check_engine_parity"),
+ENGINE_RESULTS = {  # kind -> (path pattern, log of the job that makes it), in the order made
+    "preflight": (PREFLIGHT, log_of("preflight_engine", "{target}/{model}/{imgsz}")),
+    "engine_manifests": (manifest(ENGINE), log_of("build_engine", ENGINE_WILDCARDS)),
+    "engine_bench": (ENGINE_BENCH, log_of("benchmark_engine", ENGINE_WILDCARDS)),
+    "engine_parity": (ENGINE_PARITY, log_of("check_engine_parity", ENGINE_WILDCARDS)),
 }
 
 
@@ -405,11 +406,8 @@ def _engine_results():
     if not TARGETS:
         return []
     columns = [
-        [
-            (kind, p, lg)
-            for p, lg in zip(engine_zoo(pattern), engine_zoo(log_of(rule, ENGINE_WILDCARDS)))
-        ]
-        for kind, (pattern, rule) in ENGINE_RESULTS.items()
+        [(kind, p, lg) for p, lg in zip(engine_zoo(pattern), engine_zoo(log))]
+        for kind, (pattern, log) in ENGINE_RESULTS.items()
     ]
     return [list(per_engine) for per_engine in zip(*columns)]
 
@@ -417,10 +415,10 @@ def _engine_results():
 def get_report_engine_results(wildcards):
     """The engine results that exist when the DAG is built: the report never waits for (or
     fails with) a device job; run `snakemake engine` (or the device host) first."""
-    out = {kind: [] for kind in ENGINE_RESULTS}
+    out = {kind: [] for kind in ENGINE_RESULTS if kind != "preflight"}
     for per_engine in _engine_results():
         for kind, path, _ in per_engine:
-            if Path(path).exists():
+            if kind in out and Path(path).exists():
                 out[kind].append(path)
     return out
 

@@ -173,6 +173,45 @@ def test_report_opens_in_headless_chromium(built, tmp_path):
     assert (tmp_path / "zoo.png").stat().st_size > 20_000
 
 
+def test_report_shows_engines_per_target_and_why_some_failed(built, tmp_path):
+    """Two targets driving the trtexec TEST STAND-IN: `dev` builds; `bad` declares a TensorRT
+    version its trtexec does not report, so its builds fail. The report made after `snakemake
+    engine --keep-going` has dev's rows, speed-ups and fastest line, and bad's failed builds
+    with their log's last lines; it never waits for (or fails with) a device job."""
+    from engine_support import make_trtexec
+
+    wd, cfg = built
+    dev = {"transport": "local", "trtexec": str(make_trtexec(tmp_path / "b10", "10.3.0")),
+           "tensorrt": "10.3", "device": "STAND-IN GPU", "precisions": ["fp32"]}  # fmt: skip
+    bad = {**dev, "trtexec": str(make_trtexec(tmp_path / "b82", "8.2.1")), "tensorrt": "8.2.3"}
+    wd.write_config({**cfg, "precisions": ["fp32"], "targets": {"dev": dev, "bad": bad}})
+    try:
+        assert wd.snakemake("engine", "--keep-going", check=False).returncode != 0
+        wd.snakemake("report")
+        zoo = (wd.path / "results/report/zoo.html").read_text()
+        rows = [r for r in _zoo_rows(zoo) if r[2].startswith("engine")]
+        timed = [("tiny-a", "b1"), ("tiny-a", "b2"), ("tiny-b", "b1")]
+        assert [(r[0], r[2]) for r in rows] == [(m, f"engine {p}") for m, p in timed]
+        assert {r[4] for r in rows} == {"dev (TEST STAND-IN: fake timings)"}
+        res = wd.path / "results"
+        for row, (model, profile) in zip(rows, timed, strict=True):
+            bench = json.loads((res / f"benchmark_engine/dev/{model}/64/fp32/{profile}.json")
+                               .read_text())  # fmt: skip
+            onnx = json.loads((res / f"benchmark_onnx/{model}/64/{profile}.json").read_text())
+            p50 = round(bench["host_latency"]["p50_ms"], 2)
+            assert f"{p50:.2f}".rstrip("0").rstrip(".") in row
+            speedup = round(round(onnx["p50_ms"], 2) / p50, 2)
+            assert f"{speedup:.2f}".rstrip("0").rstrip(".") in row, (row, speedup)
+            assert "engine parity ok" in row
+        fastest = zoo.split("</table>")[0]
+        assert fastest.count("<td>dev</td>") == 2  # one line per model on the dev target
+        assert "missing results/engine/bad/tiny-a/64/fp32/b1.engine.manifest.json" in zoo
+        assert zoo.count("declares TensorRT 8.2.3 but its trtexec reports 8.2.1") == 3
+        assert (res / "report/targets/dev.html").is_file()
+    finally:
+        wd.write_config(cfg)
+
+
 def test_failed_gate_still_writes_summary_and_report_then_fails(built):
     """A parity tolerance no model meets: both verdicts are written, the summary, the report
     and its page list the failures, and only then does check_gates fail the run."""

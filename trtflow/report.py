@@ -156,6 +156,8 @@ def zoo_rows(
                     k[4].startswith(profile)), {})  # fmt: skip
         stats = m.get("host_latency") or m.get("gpu_compute") or m  # or p50_ms etc. at the top
         batch = m.get("batch")
+        if m.get("standin"):  # tests/standin: never mistaken for a measurement
+            target = f"{target} (TEST STAND-IN: fake timings)"
         row = {"model": model, "image_size": int(imgsz) if imgsz.isdigit() else imgsz, "artifact":
                f"engine {profile}".strip(), "precision": m.get("precision", precision),
                "target": target, "batch": batch, "size_mb": _mb(man),
