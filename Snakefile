@@ -12,6 +12,9 @@ include: "rules/configfile.smk"
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/export.smk"
 include: "rules/convert.smk"
@@ -33,6 +36,8 @@ rule all:
         SUMMARY_CSV,
         SUMMARY_MD,
         engines_in_all,
+        REPORT_ZOO,
+        GATES,
 
 
 rule pb:
@@ -59,6 +64,8 @@ rule report:
     input:
         SUMMARY_CSV,
         SUMMARY_MD,
+        REPORT_ZOO,
+        GATES,
 
 
 rule int8:

@@ -478,3 +478,64 @@ def get_benchmark_engine_params(wildcards):
 
 def get_engine_tolerance(wildcards):
     return config["engine"]["parity"]["tolerance"][wildcards.precision]
+
+
+# ---------------------------------------------------------------- report (rules/report.smk)
+REPORT_ZOO = "results/report/zoo.html"
+REPORT_PLOT = "results/report/plots/{name}.png"
+REPORT_MODELS = "results/report/models"
+REPORT_TARGETS = "results/report/targets"
+GATES = "results/gates.json"
+
+
+def get_report_manifests(wildcards):
+    """Every zoo artifact's manifest the report links and times (SavedModels of Keras models)."""
+    saved = [
+        manifest(SAVED_MODEL).format(model=m, imgsz=s)
+        for m in MODELS
+        if MODELS[m]["source"] in ("builtin", "keras")
+        for s in model_image_sizes(m)
+    ]
+    return saved + zoo(manifest(PB)) + zoo(manifest(ONNX_RAW)) + zoo(manifest(ONNX_PATCHED))
+
+
+ENGINE_RESULTS = {  # kind -> (path pattern, log of the job that makes it), in the order made
+    "preflight": (PREFLIGHT, log_of("preflight_engine", "{target}/{model}/{imgsz}")),
+    "engine_manifests": (manifest(ENGINE), log_of("build_engine", ENGINE_WILDCARDS)),
+    "engine_bench": (ENGINE_BENCH, log_of("benchmark_engine", ENGINE_WILDCARDS)),
+    "engine_parity": (ENGINE_PARITY, log_of("check_engine_parity", ENGINE_WILDCARDS)),
+}
+
+
+def _engine_results():
+    """Per expected engine: [(kind, path, log of the job that makes it)] in ENGINE_RESULTS order."""
+    if not TARGETS:
+        return []
+    columns = [
+        [(kind, p, lg) for p, lg in zip(engine_zoo(pattern), engine_zoo(log))]
+        for kind, (pattern, log) in ENGINE_RESULTS.items()
+    ]
+    return [list(per_engine) for per_engine in zip(*columns)]
+
+
+def get_report_engine_results(wildcards):
+    """The engine results that exist when the DAG is built: the report never waits for (or
+    fails with) a device job; run `snakemake engine` (or the device host) first."""
+    out = {kind: [] for kind in ENGINE_RESULTS if kind != "preflight"}
+    for per_engine in _engine_results():
+        for kind, path, _ in per_engine:
+            if kind in out and Path(path).exists():
+                out[kind].append(path)
+    return out
+
+
+def get_report_missing(wildcards):
+    """Per engine, its first missing result whose job left a log (else its first missing
+    result) -> that log: the report's list of what failed and why."""
+    out = {}
+    for per_engine in _engine_results():
+        missing = [(path, lg) for _, path, lg in per_engine if not Path(path).exists()]
+        if missing:
+            path, lg = next(((p, lg) for p, lg in missing if Path(lg).exists()), missing[0])
+            out[path] = lg
+    return out

@@ -26,6 +26,7 @@ def main(smk):
             eval_count=g["eval_count"],
             max_map_drop=g["max_map_drop"],
             threads=smk.params.threads,
+            enforce=False,  # the verdict is data; rule check_gates fails the run
         ),
         smk.log[0],
     )

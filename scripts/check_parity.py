@@ -24,6 +24,7 @@ def main(smk):
             atol=p["atol"],
             rtol=p["rtol"],
             box_format=p["box_format"],
+            enforce=False,  # the verdict is data; rule check_gates fails the run
         ),
         smk.log[0],
     )

@@ -17,8 +17,9 @@ def test_closure_follows_imports_including_lazy_ones():
         closure
     )
     assert "trtflow.yolov5" not in closure and "trtflow.engine" not in closure
-    assert codehash.import_closure("summary") == ["trtflow.cpu", "trtflow.manifest",
-                                                  "trtflow.summary"]  # fmt: skip
+    assert codehash.import_closure("summary") == [
+        "trtflow.cpu", "trtflow.errors", "trtflow.gates", "trtflow.manifest", "trtflow.summary"
+    ]  # fmt: skip
 
 
 def test_hash_changes_with_any_module_of_the_closure(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trtflow.cpu import cpu_label
+from trtflow.gates import describe, failure_lines
 from trtflow.manifest import atomic_path, read_json
 
 COLUMNS = [
@@ -30,6 +31,7 @@ COLUMNS = [
     "onnx_raw_mb",
     "onnx_patched_mb",
     "cpu",
+    "gates",
 ]
 
 
@@ -88,6 +90,8 @@ def collect_rows(
                      else "not comparable (inexact int8 kernels)")  # fmt: skip
     for p in int8_gate:  # mAP@.5 of INT8 detections with fp32's as ground truth
         row(p).update(int8_map_vs_fp32=round(read_json(p)["map50_vs_fp32"], 3))
+    for key, gates in describe([*parity, *int8_gate]).items():  # the verdicts, failed or not
+        rows[key]["gates"] = gates
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], int(k[1])))]
 
 
@@ -108,8 +112,13 @@ def render_summary(
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    failed = failure_lines([*manifests.get("parity", ()), *manifests.get("int8_gate", ())])
     with atomic_path(md_path) as tmp:
-        tmp.write_text("# trtflow summary\n\n" + markdown_table(rows))
+        tmp.write_text(
+            "# trtflow summary\n\n"
+            + markdown_table(rows)
+            + ("\n## Failed gates\n\n" + "".join(f"- {f}\n" for f in failed) if failed else "")
+        )
     return rows
 
 

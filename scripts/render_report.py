@@ -1,0 +1,30 @@
+"""Snakemake adapter of rule render_report -> trtflow.report.render_report."""
+
+import sys
+from pathlib import Path
+
+
+def main(smk):
+    sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.report import PLOTS, render_report
+    from trtflow.runner import run_stage
+
+    results = ("patched_manifests", "parity", "bench", "int8_manifests", "int8_bench",
+               "int8_gate", "engine_manifests", "engine_bench", "engine_parity")  # fmt: skip
+    run_stage(
+        lambda: render_report(
+            smk.output.zoo,
+            {name: smk.output[name] for name in PLOTS},
+            smk.output.models,
+            smk.output.targets,
+            summary_csv=smk.input.summary,
+            manifests=list(smk.input.manifests),
+            missing=dict(smk.params.missing),
+            **{name: list(smk.input.get(name, [])) for name in results},
+        ),
+        smk.log[0],
+    )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
