@@ -71,7 +71,8 @@ def test_second_run_does_nothing(built):
 def test_patch_option_change_reruns_exactly_that_model(built):
     wd, cfg = built
     before = {p: p.stat().st_mtime_ns for p in (wd.path / "results").rglob("*") if p.is_file()}
-    cfg["models"]["tiny-b"]["patches"] = ["nchw_input", "fix_batch", "rename_io", "sanitize"]
+    cfg["models"]["tiny-b"]["patches"] = ["nchw_input", "fix_batch", "rename_io", "sanitize",
+                                          "nearest_resize"]  # fmt: skip
     wd.write_config(cfg)
     assert wd.planned_jobs() == {
         "patch_onnx": 1,
