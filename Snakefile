@@ -18,6 +18,7 @@ include: "rules/benchmark.smk"
 include: "rules/report.smk"
 include: "rules/quantize.smk"
 include: "rules/engine.smk"
+include: "rules/train.smk"
 
 
 rule all:
@@ -62,6 +63,12 @@ rule int8:
         trt_cache_zoo(),
         zoo(INT8_GATE),
         zoo(BENCH_INT8),
+
+
+# The train host's training runs (train.models); CPU hours, a GPU minutes (README "Training").
+rule train:
+    input:
+        train_zoo(),
 
 
 rule engine:

@@ -23,6 +23,10 @@ COLUMNS = [
     "cpu_int8_p50_ms",
     "int8_speedup",
     "int8_map_vs_fp32",
+    "map50_fp32",
+    "map50_int8",
+    "map50_95_fp32",
+    "map50_95_int8",
     "pb_mb",
     "onnx_raw_mb",
     "onnx_patched_mb",
@@ -76,7 +80,17 @@ def collect_rows(
                      int8_speedup=round(m["speedup"], 2))  # fmt: skip
     for p in int8_gate:  # mAP@.5 of INT8 detections with fp32's as ground truth
         row(p).update(int8_map_vs_fp32=round(read_json(p)["map50_vs_fp32"], 3))
+        row(p).update(_labelled_columns(read_json(p).get("labelled")))
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], int(k[1])))]
+
+
+def _labelled_columns(labelled: dict[str, Any] | None) -> dict[str, float]:
+    """mAP@.5 and mAP@.5:.95 of fp32 and INT8 ONNX against the gate's labelled set."""
+    if not labelled or "map50_fp32" not in labelled:
+        return {}
+    keys = {"map50_fp32": "map50_fp32", "map50_int8": "map50_int8",
+            "map50_95_fp32": "map_fp32", "map50_95_int8": "map_int8"}  # fmt: skip
+    return {col: round(labelled[k], 3) for col, k in keys.items()}
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:

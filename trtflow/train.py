@@ -12,7 +12,8 @@ nc/80; the sum times the batch size.
 
 Optimizer, as YOLOv5's ``train.py``: SGD with Nesterov momentum 0.937, weight decay 5e-4 on conv
 kernels only (added to the gradient, as PyTorch's SGD does, and scaled by batch/64), warm-up over
-``max(3 epochs, 100 steps)`` (lr from 0, biases from 0.1, momentum from 0.8), then a cosine
+``max(3 epochs, 100 steps)`` (lr from 0, biases from 0.1, momentum from 0.8; warmup_epochs 0
+turns it off), then a cosine
 (or linear) lr from ``lr0`` to ``lr0 * lrf``; the EMA of all weights and BatchNorm statistics
 with decay ``0.9999 (1 - exp(-updates / 2000))``. The EMA weights are validated and saved.
 
@@ -330,7 +331,7 @@ def _lr_at(
 
     lf = (cosine_lf if cos_lr else linear_lf)(epoch, epochs, hyp["lrf"])
     lr = hyp["lr0"] * lf
-    nw = max(round(hyp["warmup_epochs"] * steps_per_epoch), 100)
+    nw = max(round(hyp["warmup_epochs"] * steps_per_epoch), 100) if hyp["warmup_epochs"] else 0
     if step < nw:
         f = step / nw
         return np.array(
