@@ -108,8 +108,16 @@ def test_tiny_training_loss_falls_and_resumes(shapes, tmp_path):
 
     out = tmp_path / "w" / "tiny.weights.h5"
     ckpt = tmp_path / "resume.npz"
-    still = {"mosaic": 0.0, "scale": 0.0, "translate": 0.0, "fliplr": 0.0, "hsv_h": 0.0,
-             "hsv_s": 0.0, "hsv_v": 0.0, "warmup_epochs": 0.0}  # the same 16 images each epoch
+    still = {
+        "mosaic": 0.0,
+        "scale": 0.0,
+        "translate": 0.0,
+        "fliplr": 0.0,
+        "hsv_h": 0.0,
+        "hsv_s": 0.0,
+        "hsv_v": 0.0,
+        "warmup_epochs": 0.0,
+    }  # the same 16 images each epoch
     args = dict(variant="n", classes=8, image_size=64, epochs=8, batch=8, seed=0, workers=2,
                 val_count=4, val_interval=100, checkpoint=ckpt, hyp=still)  # fmt: skip
     seen = []
