@@ -19,6 +19,7 @@ include: "rules/report.smk"
 include: "rules/quantize.smk"
 include: "rules/engine.smk"
 include: "rules/train.smk"
+include: "rules/pictures.smk"
 
 
 rule all:
@@ -27,6 +28,7 @@ rule all:
         zoo(PARITY),
         zoo(BENCH_ONNX),
         int8_zoo(INT8_GATE, BENCH_INT8),
+        pictures_zoo(),
         SUMMARY_CSV,
         SUMMARY_MD,
 
@@ -63,6 +65,7 @@ rule int8:
         trt_cache_zoo(),
         zoo(INT8_GATE),
         zoo(BENCH_INT8),
+        pictures_zoo(),
 
 
 # The train host's training runs (train.models); CPU hours, a GPU minutes (README "Training").

@@ -412,3 +412,20 @@ def get_builtin_labels(wildcards):
     if g["eval_annotations"] or not g["builtin_labels"]:
         return {}
     return {"dataset": DATASET}
+
+
+# ---------------------------------------------------------------- pictures (rules/pictures.smk)
+PICTURES = "results/pictures/{model}/{imgsz}"
+
+
+def get_picture_labels(wildcards):
+    """The labelled images drawn: the gate's labelled set (its own, or the built-in one)."""
+    return get_int8_gate_inputs(wildcards) or get_builtin_labels(wildcards)
+
+
+def pictures_zoo():
+    """One picture folder per model and size when the INT8 stage runs with a labelled set."""
+    g = config["int8"]["gate"]
+    if not config["int8"]["enabled"] or not (g["eval_annotations"] or g["builtin_labels"]):
+        return []
+    return zoo(PICTURES)

@@ -325,7 +325,7 @@ def _engine_dispatch(args: argparse.Namespace) -> Any:
 
 
 # ---------------------------------------------------------------- training (train host)
-TRAIN_COMMANDS = ("dataset", "train")
+TRAIN_COMMANDS = ("dataset", "train", "pictures")
 
 
 def _train_parsers(sub: Any) -> None:
@@ -354,12 +354,30 @@ def _train_parsers(sub: Any) -> None:
     s.add_argument("--hyp", action="append", default=[], help="recipe override KEY=VALUE")
     s.add_argument("--checkpoint", help="resume state (default <out>.ckpt.npz)")
 
+    s = sub.add_parser("pictures", help="labelled images with TF / fp32 / INT8 detections drawn")
+    s.add_argument("--pb", required=True, help="model.pb with its .manifest.json next to it")
+    s.add_argument("--fp32", required=True)
+    s.add_argument("--int8", required=True)
+    s.add_argument("--images", required=True, help="folder the COCO file names are relative to")
+    s.add_argument("--annotations", required=True, help="COCO instances JSON")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--image-size", type=int, required=True)
+    s.add_argument("--count", type=int, default=4)
+    s.add_argument("--score-threshold", type=float, default=0.25)
+
 
 def _train_dispatch(args: argparse.Namespace) -> Any:
     if args.command == "dataset":
         from trtflow.dataset import make_dataset
 
         return make_dataset(args.out, args.train_count, args.val_count, args.seed, args.workers)
+    if args.command == "pictures":
+        from trtflow.pictures import render_pictures
+
+        return render_pictures(
+            args.pb, f"{args.pb}.manifest.json", args.fp32, args.int8, args.images,
+            args.annotations, args.out, args.image_size, args.count, args.score_threshold,
+        )  # fmt: skip
     from trtflow.errors import TrtflowError
     from trtflow.train import train_yolov5
 
