@@ -136,7 +136,7 @@ def yolo_loss(
 
 
 # ---------------------------------------------------------------- backend switch
-def _backend_step(fn: Any, argnums_grad: bool = True) -> Any:
+def _backend_step(fn: Any) -> Any:
     """Compile ``fn(trainable, *rest) -> (loss, aux)`` into ``(loss, aux), grads`` on the
     active Keras backend (JAX or TensorFlow)."""
     import keras
@@ -181,6 +181,7 @@ class Trainer:
     def __init__(
         self, model: Any, num_classes: int, image_size: int, hyp: dict[str, float], batch: int
     ) -> None:
+        import keras
         from keras import ops
 
         from trtflow import augment, yolov5
@@ -188,8 +189,6 @@ class Trainer:
         self.model = model
         self.decode = model.get_layer("output0")
         heads = [model.get_layer(f"model.{yolov5._DETECT_INDEX}.m.{i}") for i in range(3)]
-        import keras
-
         self.raw_model = keras.Model(model.inputs, [h.output for h in heads])
         self.hyp = hyp
         tv = self.raw_model.trainable_variables
