@@ -320,7 +320,7 @@ def _labelled_report(
         "mAP@.5:.95 %.4f", len(used), m32["map50"], m32["map50_95"], m8["map50"], m8["map50_95"],
     )  # fmt: skip
     failures = []
-    for key, limit, name in (("map", max_map_drop, "mAP@.5:.95"),
+    for key, limit, name in (("map", max_map_drop, "mAP"),
                              ("map50", max_map50_drop, "mAP@.5")):  # fmt: skip
         if report[f"{key}_drop"] > limit:
             failures.append(
