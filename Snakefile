@@ -25,6 +25,8 @@ include: "rules/report.smk"
 include: "rules/quantize.smk"
 include: "rules/fp16.smk"
 include: "rules/engine.smk"
+include: "rules/train.smk"
+include: "rules/pictures.smk"
 
 
 rule all:
@@ -33,6 +35,7 @@ rule all:
         zoo(PARITY),
         zoo(BENCH_ONNX),
         int8_zoo(INT8_GATE, BENCH_INT8),
+        pictures_zoo(),
         SUMMARY_CSV,
         SUMMARY_MD,
         engines_in_all,
@@ -74,6 +77,13 @@ rule int8:
         trt_cache_zoo(),
         zoo(INT8_GATE),
         zoo(BENCH_INT8),
+        pictures_zoo(),
+
+
+# The train host's training runs (train.models); CPU hours, a GPU minutes (README "Training").
+rule train:
+    input:
+        train_zoo(),
 
 
 rule engine:

@@ -539,3 +539,66 @@ def get_report_missing(wildcards):
             path, lg = next(((p, lg) for p, lg in missing if Path(lg).exists()), missing[0])
             out[path] = lg
     return out
+
+
+# ---------------------------------------------------------------- training (rules/train.smk)
+DATASET = "results/dataset/builtin"
+TRAINED = "results/train/{model}/{imgsz}/model.weights.h5"
+TRAIN = config["train"]
+
+
+def train_zoo():
+    """One trained weights file per train.models entry, at train.image_size."""
+    for name in TRAIN["models"]:
+        if name not in MODELS or MODELS[name]["source"] not in ("builtin", "keras"):
+            raise WorkflowError(
+                f"config: train.models names {name!r}, which is not a builtin/keras zoo model; "
+                "fix: list names under models: whose source is builtin or keras"
+            )
+    return [TRAINED.format(model=m, imgsz=TRAIN["image_size"]) for m in TRAIN["models"]]
+
+
+def get_train_inputs(wildcards):
+    """The data a training run reads: the built-in set, or the user's splits."""
+    given = {k: TRAIN[k] for k in ("train_data", "val_data") if TRAIN[k]}
+    return given if len(given) == 2 else {**given, "dataset": DATASET}
+
+
+def get_train_params(wildcards):
+    m = MODELS[wildcards.model]
+    where = {
+        k: TRAIN[k] or f"{DATASET}/images/{k.split('_')[0]}" for k in ("train_data", "val_data")
+    }
+    return {
+        **where,
+        **{k: TRAIN[k] for k in ("epochs", "batch", "seed", "cos_lr", "val_interval", "hyp")},
+        "variant": m["variant"],
+        "classes": m["classes"],
+        "image_size": int(wildcards.imgsz),
+        "checkpoint": f"resume/train/{wildcards.model}/{wildcards.imgsz}/last.ckpt.npz",
+    }
+
+
+def get_builtin_labels(wildcards):
+    """The gate's labelled set is the built-in val split unless int8.gate names another."""
+    g = config["int8"]["gate"]
+    if g["eval_annotations"] or not g["builtin_labels"]:
+        return {}
+    return {"dataset": DATASET}
+
+
+# ---------------------------------------------------------------- pictures (rules/pictures.smk)
+PICTURES = "results/pictures/{model}/{imgsz}"
+
+
+def get_picture_labels(wildcards):
+    """The labelled images drawn: the gate's labelled set (its own, or the built-in one)."""
+    return get_int8_gate_inputs(wildcards) or get_builtin_labels(wildcards)
+
+
+def pictures_zoo():
+    """One picture folder per model and size when the INT8 stage runs with a labelled set."""
+    g = config["int8"]["gate"]
+    if not config["int8"]["enabled"] or not (g["eval_annotations"] or g["builtin_labels"]):
+        return []
+    return zoo(PICTURES)

@@ -93,6 +93,7 @@ rule write_calibration_cache:
 rule check_int8_accuracy:
     input:
         unpack(get_int8_gate_inputs),
+        unpack(get_builtin_labels),
         fp32=ONNX_PATCHED,
         int8=INT8_QDQ,
         holdout=CALIB_HOLDOUT,

@@ -10,6 +10,9 @@ def main(smk):
     from trtflow.runner import run_stage
 
     g = smk.params.gate
+    images, annotations = smk.input.get("eval_images"), smk.input.get("eval_annotations")
+    if smk.input.get("dataset"):  # the built-in shapes set's validation split
+        images, annotations = smk.input.dataset, str(Path(smk.input.dataset) / "val.json")
     run_stage(
         lambda: check_int8_accuracy(
             smk.input.fp32,
@@ -21,11 +24,12 @@ def main(smk):
             iou_threshold=g["iou_threshold"],
             max_detections=g["max_detections"],
             min_map50_vs_fp32=g["min_map50_vs_fp32"],
-            eval_images=smk.input.get("eval_images"),
-            eval_annotations=smk.input.get("eval_annotations"),
+            eval_images=images,
+            eval_annotations=annotations,
             eval_count=g["eval_count"],
             max_map_drop=g["max_map_drop"],
             threads=smk.params.threads,
+            max_map50_drop=g["max_map50_drop"],
             enforce=False,  # the verdict is data; rule check_gates fails the run
         ),
         smk.log[0],

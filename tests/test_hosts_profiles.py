@@ -19,7 +19,7 @@ PROFILES = REPO / "profiles"
 PROFILE_NAMES = ["default", "local", "slurm", "s3", "train", "convert", "device"]
 # Aggregate targets (Snakefile) each host profile may run besides its role's rules.
 HOST_PROFILES = {
-    "train": ("train", {"pb"}),
+    "train": ("train", {"pb", "train"}),
     "convert": ("convert", {"onnx", "parity", "benchmark", "report", "preflight", "int8"}),
     "device": ("target", {"engine"}),
 }

@@ -114,7 +114,7 @@ def test_labelled_coco_set(models, tmp_path):
     r = gate.check_int8_accuracy(d / "fp32.onnx", d / "int8.onnx", d / "holdout.npy",
                                  tmp_path / "g.json", min_map50_vs_fp32=0.0,
                                  eval_images=tmp_path / "coco", eval_annotations=ann_file,
-                                 max_map_drop=1.0)  # fmt: skip
+                                 max_map_drop=1.0, max_map50_drop=1.0)  # fmt: skip
     lab = r["labelled"]
     assert lab["count"] == 3 and lab["map_fp32"] == pytest.approx(1.0, abs=0.02)
     assert 0.0 <= lab["map_int8"] <= lab["map_fp32"] + 1e-6

@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-count", type=int, default=0)
     s.add_argument("--max-map-drop", type=float, default=0.02)
     s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--max-map50-drop", type=float, default=0.01)
 
     s = sub.add_parser("benchmark-int8", help="INT8 vs fp32 ONNX Runtime CPU latency, side by side")
     s.add_argument("--fp32", required=True)
@@ -133,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--iterations", type=int, default=20)
     s.add_argument("--threads", type=int, default=0)
 
+    _train_parsers(sub)
     sub.add_parser("patches", help="list the available patches")
     s = sub.add_parser("validate-config", help="validate a config file against the schema")
     s.add_argument("config")
@@ -193,6 +195,7 @@ def _dispatch_int8(args: argparse.Namespace) -> Any:
             args.fp32, args.int8, args.holdout, args.out, args.score_threshold, args.top_k,
             args.iou_threshold, args.max_detections, args.min_map50_vs_fp32, args.eval_images,
             args.eval_annotations, args.eval_count, args.max_map_drop, args.threads,
+            args.max_map50_drop,
         )  # fmt: skip
     from trtflow.int8_bench import benchmark_int8
 
@@ -256,6 +259,8 @@ def dispatch(args: argparse.Namespace) -> Any:
         return None
     if cmd in ENGINE_COMMANDS:
         return _engine_dispatch(args)
+    if cmd in TRAIN_COMMANDS:
+        return _train_dispatch(args)
     raise AssertionError(cmd)
 
 
@@ -345,6 +350,80 @@ def _engine_dispatch(args: argparse.Namespace) -> Any:
         args.engine, manifest, args.onnx, args.out, target=args.target, spec=spec,
         tolerance=config["engine"]["parity"]["tolerance"], seed=args.seed,
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------- training (train host)
+TRAIN_COMMANDS = ("dataset", "train", "pictures")
+
+
+def _train_parsers(sub: Any) -> None:
+    s = sub.add_parser("dataset", help="write the built-in labelled shapes set (YOLO + COCO)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--train-count", type=int, default=6000)
+    s.add_argument("--val-count", type=int, default=500)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=0, help="threads (0 = one per CPU)")
+
+    s = sub.add_parser("train", help="train the built-in YOLOv5 (YOLO folder or COCO JSON)")
+    s.add_argument("--train-data", required=True, help="YOLO images folder or COCO JSON")
+    s.add_argument("--val-data", required=True, help="YOLO images folder or COCO JSON")
+    s.add_argument("--out", required=True, help="EMA weights, <name>.weights.h5")
+    s.add_argument("--variant", default="n", choices=list("nsmlx"))
+    s.add_argument("--classes", type=int, default=8)
+    s.add_argument("--image-size", type=int, default=320)
+    s.add_argument("--epochs", type=int, default=40)
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=8, help="augmentation threads")
+    s.add_argument("--linear-lr", action="store_true", help="linear lr schedule (default cosine)")
+    s.add_argument("--max-steps", type=int, default=0, help="steps per epoch at most (0 = all)")
+    s.add_argument("--val-count", type=int, default=0, help="validation images (0 = all)")
+    s.add_argument("--val-interval", type=int, default=10)
+    s.add_argument("--hyp", action="append", default=[], help="recipe override KEY=VALUE")
+    s.add_argument("--checkpoint", help="resume state (default <out>.ckpt.npz)")
+
+    s = sub.add_parser("pictures", help="labelled images with TF / fp32 / INT8 detections drawn")
+    s.add_argument("--pb", required=True, help="model.pb with its .manifest.json next to it")
+    s.add_argument("--fp32", required=True)
+    s.add_argument("--int8", required=True)
+    s.add_argument("--images", required=True, help="folder the COCO file names are relative to")
+    s.add_argument("--annotations", required=True, help="COCO instances JSON")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--image-size", type=int, required=True)
+    s.add_argument("--count", type=int, default=4)
+    s.add_argument("--score-threshold", type=float, default=0.25)
+
+
+def _train_dispatch(args: argparse.Namespace) -> Any:
+    if args.command == "dataset":
+        from trtflow.dataset import make_dataset
+
+        return make_dataset(args.out, args.train_count, args.val_count, args.seed, args.workers)
+    if args.command == "pictures":
+        from trtflow.pictures import render_pictures
+
+        return render_pictures(
+            args.pb, f"{args.pb}.manifest.json", args.fp32, args.int8, args.images,
+            args.annotations, args.out, args.image_size, args.count, args.score_threshold,
+        )  # fmt: skip
+    from trtflow.errors import TrtflowError
+    from trtflow.train import train_yolov5
+
+    hyp = {}
+    for item in args.hyp:
+        key, sep, value = item.partition("=")
+        try:
+            hyp[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise TrtflowError(f"--hyp {item!r} is not KEY=NUMBER", "e.g. --hyp lr0=0.02")
+    report = train_yolov5(
+        args.train_data, args.val_data, args.out, args.variant, args.classes, args.image_size,
+        args.epochs, args.batch, args.seed, args.workers, not args.linear_lr, args.max_steps,
+        args.val_count, args.val_interval, hyp, args.checkpoint,
+    )  # fmt: skip
+    return report["final"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

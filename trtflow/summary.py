@@ -27,6 +27,10 @@ COLUMNS = [
     "int8_speedup",
     "int8_cpu_form",
     "int8_map_vs_fp32",
+    "map50_fp32",
+    "map50_int8",
+    "map50_95_fp32",
+    "map50_95_int8",
     "pb_mb",
     "onnx_raw_mb",
     "onnx_patched_mb",
@@ -90,9 +94,19 @@ def collect_rows(
                      else "not comparable (inexact int8 kernels)")  # fmt: skip
     for p in int8_gate:  # mAP@.5 of INT8 detections with fp32's as ground truth
         row(p).update(int8_map_vs_fp32=round(read_json(p)["map50_vs_fp32"], 3))
+        row(p).update(_labelled_columns(read_json(p).get("labelled")))
     for key, gates in describe([*parity, *int8_gate]).items():  # the verdicts, failed or not
         rows[key]["gates"] = gates
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], int(k[1])))]
+
+
+def _labelled_columns(labelled: dict[str, Any] | None) -> dict[str, float]:
+    """mAP@.5 and mAP@.5:.95 of fp32 and INT8 ONNX against the gate's labelled set."""
+    if not labelled or "map50_fp32" not in labelled:
+        return {}
+    keys = {"map50_fp32": "map50_fp32", "map50_int8": "map50_int8",
+            "map50_95_fp32": "map_fp32", "map50_95_int8": "map_int8"}  # fmt: skip
+    return {col: round(labelled[k], 3) for col, k in keys.items()}
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
