@@ -26,6 +26,7 @@ def main(smk):
             profile_layers=b["profile_layers"],
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

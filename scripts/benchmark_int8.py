@@ -21,6 +21,7 @@ def main(smk):
             threads=b["threads"],
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

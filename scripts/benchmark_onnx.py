@@ -20,6 +20,7 @@ def main(smk):
             threads=b["threads"],
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

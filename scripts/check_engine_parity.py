@@ -22,6 +22,7 @@ def main(smk):
             seed=smk.params.seed,
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -9,7 +9,11 @@ def main(smk):
     from trtflow.gates import check_gates
     from trtflow.runner import run_stage
 
-    run_stage(lambda: check_gates(list(smk.input.gates), smk.output.gates), smk.log[0])
+    run_stage(
+        lambda: check_gates(list(smk.input.gates), smk.output.gates),
+        smk.log[0],
+        model=smk.wildcards.get("model"),
+    )
 
 
 if __name__ == "__main__":

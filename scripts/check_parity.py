@@ -27,6 +27,7 @@ def main(smk):
             enforce=False,  # the verdict is data; rule check_gates fails the run
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

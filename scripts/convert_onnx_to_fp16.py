@@ -14,6 +14,7 @@ def main(smk):
             smk.input.onnx, smk.output.onnx, manifest_path=smk.output.manifest
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -21,7 +21,7 @@ def main(smk):
             manifest_path=smk.output.manifest,
         )
 
-    run_stage(stage, smk.log[0])
+    run_stage(stage, smk.log[0], model=smk.wildcards.get("model"))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ def main(smk):
             decode_layout=m["decode_layout"],
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -19,6 +19,7 @@ def main(smk):
             workers=smk.threads,
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -14,6 +14,7 @@ def main(smk):
             smk.output.images, count=smk.params.images, seed=smk.params.seed
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -23,6 +23,7 @@ def main(smk):
             pb_manifest=smk.input.pb_manifest,
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

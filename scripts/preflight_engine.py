@@ -22,6 +22,7 @@ def main(smk):
             sources=[smk.input[k] for k in ("qdq_onnx", "fp16_onnx") if k in smk.input.keys()],
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -19,6 +19,7 @@ def main(smk):
             not_run=dict(smk.params.not_run),
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

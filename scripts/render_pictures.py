@@ -25,6 +25,7 @@ def main(smk):
             threads=smk.params.threads,
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -23,6 +23,7 @@ def main(smk):
             **{name: list(smk.input.get(name, [])) for name in results},
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -22,6 +22,7 @@ def main(smk):
             int8_gate=list(smk.input.get("int8_gate", [])),
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

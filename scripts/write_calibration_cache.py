@@ -18,6 +18,7 @@ def main(smk):
             manifest_path=smk.output.manifest,
         ),
         smk.log[0],
+        model=smk.wildcards.get("model"),
     )
 
 

@@ -26,6 +26,8 @@ def inputs(tmp_path_factory):
     (d / "garbage.bin").write_bytes(np.random.default_rng(0).bytes(300))
     (d / "empty").mkdir()
     (d / "a_file").write_text("not a folder")
+    (d / "sm_novars").mkdir()
+    (d / "sm_novars" / "saved_model.pb").write_bytes(b"\x08\x01")  # no variables/ beside it
     (d / "calib.npy").parent.mkdir(exist_ok=True)
     np.save(d / "calib.npy", np.zeros((2, 3, SIZE, SIZE), np.float32))
     np.save(d / "wrong_shape.npy", np.zeros((2, 5), np.float32))
@@ -58,6 +60,9 @@ CASES = [
                      "--image-size", "64"], ["empty"]),
     ("saved model dir empty", ["export-pb", "--source", "saved_model", "--source-path",
                                "{d}/empty", "--out", "{out}", "--image-size", "64"], ["empty"]),
+    ("saved model without variables", ["export-pb", "--source", "saved_model", "--source-path",
+                                       "{d}/sm_novars", "--out", "{out}"],
+     ["no variables/ folder", "copy the whole SavedModel directory"]),
     ("keras weights missing", ["export-saved-model", "--out", "{out}", "--source", "keras",
                                "--path", "{d}/nope.keras", "--image-size", "64"], ["nope.keras"]),
     ("convert opset 19", ["convert", "--pb", "{d}/garbage.bin", "--out", "{out}", "--opset", "19"],

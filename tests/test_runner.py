@@ -67,3 +67,15 @@ def test_stale_temporaries_of_killed_jobs_are_removed(tmp_path):
         tmp.write_text("half")
         raise ValueError("disk went away")
     assert not list(tmp_path.glob(".x.json.tmp-*")) and not (tmp_path / "x.json").exists()
+
+
+def test_fix_names_the_jobs_model(tmp_path):
+    code = (
+        "from trtflow.errors import TrtflowError\nfrom trtflow.runner import run_stage\n"
+        "def stage():\n    raise TrtflowError('a classifier', 'point models.<name>.path at one')\n"
+        f"run_stage(stage, {str(tmp_path / 'j.log')!r}, model='my-yolo')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1
+    assert "fix: point models.my-yolo.path at one" in proc.stderr
+    assert "models.<name>" not in (tmp_path / "j.log").read_text()

@@ -114,12 +114,26 @@ def _freeze_saved_model(saved_model: Path) -> tuple[Any, str, str]:
         convert_variables_to_constants_v2,
     )
 
+    saved_model = Path(saved_model)
+    if not (saved_model / "saved_model.pb").is_file():
+        raise TrtflowError(
+            f"{saved_model}: no saved_model.pb in it",
+            "point models.<name>.path at the directory that holds saved_model.pb",
+        )
     try:
         loaded = tf.saved_model.load(str(saved_model))
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        if not (saved_model / "variables").is_dir():
+            raise TrtflowError(
+                f"{saved_model}: the SavedModel has saved_model.pb but no variables/ folder "
+                f"({type(exc).__name__}: {first})",
+                "copy the whole SavedModel directory (saved_model.pb and variables/), or export "
+                "a frozen .pb and use source: pb",
+            ) from None
         raise TrtflowError(
-            f"{saved_model}: not a loadable TF SavedModel ({type(exc).__name__}: {exc})",
-            "point models.<name>.path at the directory that holds saved_model.pb",
+            f"{saved_model}: not a loadable TF SavedModel ({type(exc).__name__}: {first})",
+            "re-export it with model.export(...) / tf.saved_model.save, or use a frozen .pb",
         ) from None
     sigs = dict(loaded.signatures)
     if not sigs:

@@ -70,16 +70,22 @@ def setup_logging(
 
 
 def run_stage(
-    func: Callable[[], Any], log_file: str | Path | None = None, debug: bool = False
+    func: Callable[[], Any],
+    log_file: str | Path | None = None,
+    debug: bool = False,
+    model: str | None = None,
 ) -> Any:
     """Run ``func``; on any exception log one line ``ERROR …`` (and, for anything but a
-    TrtflowError, the traceback to the log file — to stderr too with ``debug``) and exit 1."""
+    TrtflowError, the traceback to the log file — to stderr too with ``debug``) and exit 1.
+
+    ``model`` (the job's zoo entry) replaces the ``models.<name>`` of library messages, so the
+    fix names the key to edit."""
     setup_logging(log_file, debug=debug)
     log = logging.getLogger("trtflow")
     try:
         return func()
     except TrtflowError as exc:
-        log.error("%s", exc)
+        log.error("%s", str(exc).replace("models.<name>", f"models.{model}") if model else exc)
         sys.stderr.flush()
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 — the job's log must keep every cause
