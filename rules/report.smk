@@ -52,6 +52,8 @@ rule render_engine_summary:
         code=code_hash("summary"),
     script:
         "../scripts/render_engine_summary.py"
+
+
 rule render_report:
     input:
         unpack(get_report_engine_results),
