@@ -291,6 +291,10 @@ def large_variant(request, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("TRTFLOW_ALL_VARIANTS"),
+    reason="set TRTFLOW_ALL_VARIANTS=1 to build m/l/x (yolov5x's build takes > 20 GB in-process)",
+)
 def test_large_variants_parse_and_build(large_variant, tmp_path):
     """yolov5m/l/x: every ONNX parses; the dynamic fp32 and int8 engines build."""
     from trtflow.engine import build_engine
