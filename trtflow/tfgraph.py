@@ -37,6 +37,12 @@ def read_graph_def(path: str | Path) -> Any:
     import tensorflow as tf
 
     path = Path(path)
+    if path.is_dir():
+        raise TrtflowError(
+            f"{path} is a directory, not a frozen .pb file",
+            "point models.<name>.path at the .pb file, or use source: saved_model for a "
+            "SavedModel directory",
+        )
     if not path.is_file():
         raise TrtflowError(f"{path}: model file not found", "check models.<name>.path in config")
     data = path.read_bytes()
