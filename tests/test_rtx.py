@@ -482,3 +482,33 @@ def test_manifest_command_reproduces_the_engine(variant, tmp_path):
     assert rebuilt["size_bytes"] == man["size_bytes"]  # same plan (not bytewise: it is stamped)
     assert rebuilt["compute_capabilities"] == ["8.6", "8.9", "12.0"]
     assert rebuilt["inputs"] == man["inputs"]
+
+
+@needs_rtx
+def test_report_lists_engines_built_here_as_not_run_not_as_failed(workdir):
+    """Without a supported GPU the benchmark/parity jobs of an RTX target are not in the DAG:
+    the report shows the built engines, and no missing benchmark as a failure."""
+    from tests.conftest import tiny_config, tiny_model
+
+    cfg = tiny_config(
+        {"tiny": tiny_model()},
+        precisions=["fp32"],
+        targets={"rtx": {**RTX_SPEC, "compute_capabilities": ["8.6"]}},
+    )
+    workdir.write_config(cfg)
+    bin_dir = workdir.path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # no GPU, whatever this host has
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = f"{bin_dir}:{old}"
+    try:
+        workdir.snakemake("engine")
+        workdir.snakemake("report")
+    finally:
+        os.environ["PATH"] = old
+    zoo = (workdir.path / "results/report/zoo.html").read_text()
+    assert "missing results/benchmark_engine" not in zoo
+    assert "failed" not in zoo.split("<h2")[0].lower(), zoo.split("<h2")[0][-2000:]
+    summary = (workdir.path / "results/engine_summary.md").read_text()
+    assert "built, not run: no supported GPU here" in summary
