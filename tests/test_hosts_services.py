@@ -24,7 +24,7 @@ from conftest import tiny_config, tiny_model
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / ".ci" / "services"
 AGGREGATES = {"all", "pb", "onnx", "preflight", "parity", "benchmark", "report", "engine"}
-TARGET_RULES = {"build_engine", "benchmark_engine", "check_engine_parity"}
+TARGET_RULES = {"build_engine", "benchmark_engine", "check_engine_parity", "render_engine_summary"}
 # CI's cluster has no accounting (sacct would wait forever) and short jobs.
 SLURM_CI_ARGS = (
     "--slurm-status-command",

@@ -8,6 +8,7 @@ are skipped (with the reason) where it is not installed.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,8 @@ def test_preflight_fails_with_the_parsers_words_and_the_fixing_patch(
                   backend=backend)  # fmt: skip
     msg = str(err.value)
     assert f"preflight of {converted['unpatched']} for target 't'" in msg
-    assert "node 'Resize__166' (Resize): In node" in msg and RESIZE_MESSAGE in msg
+    # tf2onnx numbers nodes per process (Resize__166 in a fresh one): match any number
+    assert re.search(r"node 'Resize__\d+' \(Resize\): In node", msg) and RESIZE_MESSAGE in msg
     assert "(+1 more, see the log)" in msg  # the second upsample
     assert msg.endswith("fix: add patch nearest_resize to models.<name>.patches")
     assert not out.exists()  # no half-written report
