@@ -48,8 +48,7 @@ def make_session(
     opts.inter_op_num_threads = 1
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if exact:
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    if exact:  # no transformer runs, the QDQ fusions included
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)

@@ -315,6 +315,8 @@ def integer_form(model: Any) -> tuple[Any, dict[str, int]]:
     import onnx
     from onnx import helper, numpy_helper
 
+    from trtflow.patches import node_attr
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -323,12 +325,6 @@ def integer_form(model: Any) -> tuple[Any, dict[str, int]]:
 
     def arr(name: str) -> np.ndarray:
         return numpy_helper.to_array(init[name])
-
-    def attr(node: Any, name: str, default: Any) -> Any:
-        for a in node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
 
     def dq_of(name: str) -> Any | None:
         n = prod.get(name)
@@ -347,7 +343,7 @@ def integer_form(model: Any) -> tuple[Any, dict[str, int]]:
         if sx.size != 1:
             nodes.append(n)
             continue
-        w_int = _quantize_weight(arr(qw.input[0]), sw, zw, int(attr(dw, "axis", 1)))
+        w_int = _quantize_weight(arr(qw.input[0]), sw, zw, int(node_attr(dw, "axis", 1)))
         c_out = w_int.shape[0]
         x_max = float(max(abs(np.iinfo(zx.dtype).min - int(zx)), np.iinfo(zx.dtype).max - int(zx)))
         per_in = np.abs(w_int).reshape(c_out, w_int.shape[1], -1).sum(axis=2) * x_max
@@ -359,7 +355,7 @@ def integer_form(model: Any) -> tuple[Any, dict[str, int]]:
                 start, acc = c, np.zeros(c_out)
             acc += per_in[:, c]
         chunks.append((start, w_int.shape[1]))
-        if int(attr(n, "group", 1)) != 1 and len(chunks) > 1:
+        if int(node_attr(n, "group", 1)) != 1 and len(chunks) > 1:
             raise TrtflowError(
                 f"grouped Conv {n.name} sums past 2**24: no exact integer form",
                 "report this model; keep the node float with int8.float_nodes",

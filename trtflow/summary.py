@@ -93,8 +93,9 @@ def collect_rows(
                      int8_speedup=round(m["speedup"], 2) if comparable
                      else "not comparable (inexact int8 kernels)")  # fmt: skip
     for p in int8_gate:  # mAP@.5 of INT8 detections with fp32's as ground truth
-        row(p).update(int8_map_vs_fp32=round(read_json(p)["map50_vs_fp32"], 3))
-        row(p).update(_labelled_columns(read_json(p).get("labelled")))
+        m = read_json(p)
+        row(p).update(int8_map_vs_fp32=round(m["map50_vs_fp32"], 3))
+        row(p).update(_labelled_columns(m.get("labelled")))
     for key, gates in describe([*parity, *int8_gate]).items():  # the verdicts, failed or not
         rows[key]["gates"] = gates
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], int(k[1])))]
