@@ -1,4 +1,4 @@
-"""trtflow.reporting.pages and trtflow.reporting.gates on hand-written stage reports (no TF, no workflow):
+"""trtflow.reporting (pages, gates) on hand-written stage reports (no TensorFlow, no workflow):
 engine rows, missing keys and missing results, the gate check. The report of a real tiny zoo,
 in Snakemake's report and in Chromium, is tested in test_workflow.py."""
 

@@ -77,7 +77,6 @@ class OnnxRunner:
     """ONNX Runtime CPU session with one input and named outputs."""
 
     def __init__(self, path: str | Path | Any) -> None:
-        from trtflow.onnx.ort import make_session
 
         self.session = make_session(path)
         self.input = self.session.get_inputs()[0]

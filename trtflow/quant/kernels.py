@@ -89,8 +89,6 @@ def cpu_form(int8_onnx: str | Path) -> tuple[str, Any, dict[str, Any]]:
     (form, model, probe of every form tried). Falls back to the fastest form, with every probe
     inexact, when none is (the caller marks the speed not comparable)."""
 
-    from trtflow.quant.kernels import load_for_cpu
-
     probes: dict[str, Any] = {}
     for act in INT8_FORMS:
         probes[act] = probe_int8_kernels(act)
@@ -124,7 +122,6 @@ def compare_speed(
     the CPU form ``cpu_form`` picks; ``comparable`` is false when that form's kernels are not
     exact on this CPU (its speed is then of a model that computes other numbers).
     """
-    from trtflow.quant.kernels import load_for_cpu
 
     form, int8_model, probes = cpu_form(int8_onnx)
     comparable = probes[form]["exact"]
