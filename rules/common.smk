@@ -299,17 +299,14 @@ def get_int8_gate_inputs(wildcards):
 from trtflow.trt.targets import (  # noqa: E402
     HOW_TO_CONFIGURE,
     NOT_RUN_HERE,
-    build_relevant,
-    builds_fp16_onnx,
-    builds_qdq,
-    is_rtx,
+    Target,
     local_compute_capabilities,
     parse_profile,
     profile_name,
-    runs_here,
 )
 
-TARGETS = config["targets"]
+# The configured targets, typed (trtflow.trt.targets.Target), by name.
+TARGETS = {name: Target.of(name, spec) for name, spec in config["targets"].items()}
 ENGINE = "results/engine/{target}/{model}/{imgsz}/{precision}/{profile}.engine"
 ENGINE_BENCH = "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
 ENGINE_PARITY = "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
@@ -324,17 +321,17 @@ ENGINE_SUMMARY_MD = "results/engine_summary.md"
 # GPUs of this host (nvidia-smi; no GPU library is imported): a TensorRT-RTX target's engines
 # are benchmarked and checked only where one of its compute capabilities is present.
 LOCAL_CAPS = (
-    local_compute_capabilities() if any(is_rtx(t) for t in TARGETS.values()) else frozenset()
+    local_compute_capabilities() if any(t.is_rtx for t in TARGETS.values()) else frozenset()
 )
 
 
 def target_runs_here(target):
-    return runs_here(TARGETS[target], LOCAL_CAPS)
+    return TARGETS[target].runs_here(LOCAL_CAPS)
 
 
 def target_precisions(target):
     """The config's precisions this target supports (e.g. the Jetson Nano has no int8)."""
-    return [p for p in config["precisions"] if p in TARGETS[target]["precisions"]]
+    return [p for p in config["precisions"] if p in TARGETS[target].precisions]
 
 
 def batch_profiles(model):
@@ -400,7 +397,7 @@ def get_preflight_outputs(wildcards):
 def get_target_params(wildcards):
     """What of the target changes its engines (rerun trigger); how to reach it is read
     from the config at run time, so a new address does not rebuild anything."""
-    return build_relevant(TARGETS[wildcards.target])
+    return TARGETS[wildcards.target].build_relevant()
 
 
 def get_preflight_params(wildcards):
@@ -408,8 +405,8 @@ def get_preflight_params(wildcards):
         parse_profile(p)["min"] != parse_profile(p)["max"] for p in batch_profiles(wildcards.model)
     )
     return {
-        "tensorrt": str(TARGETS[wildcards.target]["tensorrt"]),
-        "backend": TARGETS[wildcards.target]["backend"],
+        "tensorrt": TARGETS[wildcards.target].tensorrt,
+        "backend": TARGETS[wildcards.target].backend,
         "dynamic": dynamic,
         "patches": MODELS[wildcards.model]["patches"],
     }
@@ -431,7 +428,7 @@ def get_build_params(wildcards):
         "precision": wildcards.precision,
         "profile": parse_profile(wildcards.profile),
         "image_size": int(wildcards.imgsz),
-        "timing_cache": bool(TARGETS[wildcards.target]["timing_cache"]),
+        "timing_cache": TARGETS[wildcards.target].timing_cache,
     }
 
 
@@ -453,21 +450,21 @@ def get_int8_inputs(wildcards):
     if paths:
         return paths
     where = {"model": wildcards.model, "imgsz": wildcards.imgsz}
-    version = str(TARGETS[wildcards.target]["tensorrt"])
-    if builds_qdq(TARGETS[wildcards.target]):
+    version = TARGETS[wildcards.target].tensorrt
+    if TARGETS[wildcards.target].int8_from_qdq:
         return {"qdq_onnx": INT8_QDQ.format(**where)}
     return {"calibration_cache": INT8_TRT_CACHE.format(trt=version, **where)}
 
 
 def get_fp16_inputs(wildcards):
     """fp16 engines of strongly typed targets (TensorRT-RTX) are built from the fp16 ONNX."""
-    if wildcards.precision == "fp16" and builds_fp16_onnx(TARGETS[wildcards.target]):
+    if wildcards.precision == "fp16" and TARGETS[wildcards.target].fp16_from_onnx:
         return {"fp16_onnx": ONNX_FP16.format(model=wildcards.model, imgsz=wildcards.imgsz)}
     return {}
 
 
 def get_timing_cache(wildcards):
-    if TARGETS[wildcards.target]["timing_cache"]:
+    if TARGETS[wildcards.target].timing_cache:
         return TIMING_CACHE.format(target=wildcards.target)
     return None
 

@@ -6,6 +6,7 @@ Pure Python (jsonschema + PyYAML): safe to import from rules/common.smk on any h
 from __future__ import annotations
 
 import copy
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,28 @@ def check_cross_fields(config: dict[str, Any], source: str = "config") -> None:
                 f"{len(m['image_sizes'])} were given",
                 f"give models.{name}.image_sizes one size (the graph's), or none to discover it",
             )
+
+
+@cache
+def _section_schema(key: str) -> dict[str, Any]:
+    """The schema of one top-level key alone (with the shared ``$defs``), read once."""
+    root = load_schema()
+    return {
+        "$defs": root.get("$defs", {}),
+        "type": "object",
+        "properties": {key: root["properties"][key]},
+    }
+
+
+def validate_target(name: str, spec: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """One ``targets.<name>`` entry, validated and with the schema's defaults filled in.
+
+    The same check and defaults as validate_config (idempotent on an entry of a validated
+    config), so code that is handed one target entry never retypes a default.
+    """
+    section = validate_config({"targets": {name: spec}}, source, _section_schema("targets"))
+    out: dict[str, Any] = section["targets"][name]
+    return out
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

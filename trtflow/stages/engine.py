@@ -7,53 +7,27 @@ writes the artifact, its JSON report and manifest.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import read_json, sha256_path, write_json, write_manifest
 from trtflow.onnx.io import load_onnx
-from trtflow.trt import trtexec
 from trtflow.trt.backends import (
-    _build_python,
-    _check_probe,
-    _check_rtx_sources,
-    _check_target_available,
-    _fail_on_device,
-    _join,
-    _label,
-    _log_output,
-    _session,
+    BenchOptions,
+    BuildJob,
+    backend_class,
+    backend_for,
     is_standin_engine,
     make_engine_input,
     onnx_input,
     onnx_reference,
-    target_lock,
 )
-from trtflow.trt.checks import (
-    _library,
-    check_batch,
-    check_int64,
-    check_operators,
-    check_opset,
-    check_parser,
-    input_contract,
-    ops_table_for,
-)
-from trtflow.trt.targets import (
-    PYTHON_BACKENDS,
-    backend_of,
-    generation,
-    is_rtx,
-    parse_profile,
-    parse_version,
-)
+from trtflow.trt.checks import input_contract
+from trtflow.trt.targets import Target, parse_profile, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +50,15 @@ def preflight(
     where TensorRT-RTX is installed, its parser as well.
     """
 
-    from trtflow.trt import rtx
-
     started = time.time()
     parse_version(tensorrt)
-    is_rtx = backend == "tensorrt-rtx"
+    kind = backend_class(backend)
     model = load_onnx(onnx_path, load_external_data=False)
-    findings = [] if is_rtx else [*check_operators(model, tensorrt), *check_int64(model, tensorrt)]
-    findings += check_batch(model, dynamic)
-    if not is_rtx:
-        findings += check_opset(model, tensorrt)
-    parsed = [str(onnx_path), *map(str, sources)]
-    if is_rtx or rtx.available():
-        findings += check_parser(parsed, plugins_are_errors=is_rtx)
-        parser = {"library": f"tensorrt-rtx {rtx.version()}", "files": parsed}
-    else:
-        log.info("TensorRT-RTX is not installed: no real parser, static tables only")
-        parser = None
+    findings, parser = kind.preflight(
+        model, [str(onnx_path), *map(str, sources)], tensorrt, dynamic
+    )
     errors = [f for f in findings if f.severity == "error"]
-    table_version = None if is_rtx else ops_table_for(tensorrt)[0]
+    table_version = kind.ops_table(tensorrt)
     report = {
         "onnx": str(onnx_path),
         "onnx_sha256": sha256_path(onnx_path),
@@ -118,7 +82,7 @@ def preflight(
         in_recipe = patches is not None and first.patch in patches
         where = first.onnx or onnx_path
         raise TrtflowError(
-            f"preflight of {where} for target {target!r} ({_library(backend)} {tensorrt}) "
+            f"preflight of {where} for target {target!r} ({kind.library} {tensorrt}) "
             f"failed: node {first.node!r} ({first.op}): {first.reason}{more}",
             (
                 first.patch
@@ -133,7 +97,7 @@ def preflight(
         "preflight ok: %d nodes, %d warnings, %s %s (ops table %s, real parser %s)",
         report["nodes"],
         len(findings),
-        _library(backend),
+        kind.library,
         tensorrt,
         table_version,
         parser["library"] if parser else None,
@@ -168,10 +132,12 @@ def build_engine(
     The timing cache is per target, shared by its builds, updated after each one.
     """
     started = time.time()
-    if precision not in spec.get("precisions", ["fp32", "fp16"]):
+    t = Target.of(target, spec)
+    backend = backend_for(t)
+    if precision not in t.precisions:
         raise TrtflowError(
             f"target {target!r} does not support precision {precision} "
-            f"(it supports {', '.join(spec.get('precisions', []))})",
+            f"(it supports {', '.join(t.precisions)})",
             f"remove it from targets.{target}.precisions or from precisions",
         )
     if precision == "int8" and not (calibration_cache or qdq_onnx):
@@ -181,108 +147,48 @@ def build_engine(
             "set engine.int8.<model>.calibration_cache or .qdq_onnx (the INT8 stage produces "
             "them), or drop int8 from precisions",
         )
-    if is_rtx(spec):
-        _check_rtx_sources(target, precision, qdq_onnx, fp16_onnx)
-    source = Path(qdq_onnx or (fp16_onnx if is_rtx(spec) else None) or onnx_path)
+    source = backend.source_onnx(onnx_path, precision, qdq_onnx=qdq_onnx, fp16_onnx=fp16_onnx)
     prof = parse_profile(profile)
     io = onnx_input(source)
-    _check_target_available(target, spec)
-    workspace = int(spec.get("workspace_mib", 1024))
-    if backend_of(spec) in PYTHON_BACKENDS:
-        optional = {"--timing-cache": timing_cache, "--calibration-cache": calibration_cache,
-                    "--qdq-onnx": qdq_onnx, "--fp16-onnx": fp16_onnx}  # fmt: skip
-        command = [
-            "trtflow", "build-engine", "--target", target, "--onnx", str(onnx_path),
-            "--out", str(engine_path), "--precision", precision, "--profile", profile,
-            "--image-size", str(image_size),
-            *[a for flag, v in optional.items() if v for a in (flag, str(v))],
-        ]  # fmt: skip
-        return _build_python(
-            source,
-            engine_path,
-            target,
-            spec,
-            precision,
-            prof,
-            io,
-            workspace,
-            timing_cache,
-            calibration_cache,
-            manifest_path,
-            started,
-            profile,
-            image_size,
-            command,
+    backend.check_available()
+    optional = {"--timing-cache": timing_cache, "--calibration-cache": calibration_cache,
+                "--qdq-onnx": qdq_onnx, "--fp16-onnx": fp16_onnx}  # fmt: skip
+    command = [
+        "trtflow", "build-engine", "--target", target, "--onnx", str(onnx_path),
+        "--out", str(engine_path), "--precision", precision, "--profile", profile,
+        "--image-size", str(image_size),
+        *[a for flag, v in optional.items() if v for a in (flag, str(v))],
+    ]  # fmt: skip
+    built = backend.build(
+        BuildJob(
+            source=source,
+            engine=Path(engine_path),
+            precision=precision,
+            profile_name=profile,
+            profile=prof,
+            image_size=image_size,
+            io=io,
+            timing_cache=Path(timing_cache) if timing_cache else None,
+            calibration_cache=Path(calibration_cache) if calibration_cache else None,
+            qdq=bool(qdq_onnx),
+            command=command,
         )
-    gen = generation(str(spec["tensorrt"]), target)
-    argv = trtexec.build_argv(
-        str(spec["tensorrt"]),
-        trtexec=spec.get("trtexec") or "trtexec",
-        onnx="model.onnx",
-        engine="model.engine",
-        precision=precision,
-        input_name=io["name"],
-        input_shape=io["shape"],
-        profile=prof,
-        workspace_mib=workspace,
-        timing_cache="timing.cache" if timing_cache else None,
-        calibration_cache="calib.cache" if calibration_cache else None,
-        qdq=bool(qdq_onnx),
-        dla_core=spec.get("dla_core"),
     )
-    label = _label(target, Path(source).parent.name, precision, profile)
-    with _session(target, spec, label) as (transport, wd):
-        transport.put(source, _join(wd, "model.onnx"))
-        if calibration_cache:
-            transport.put(calibration_cache, _join(wd, "calib.cache"))
-        if timing_cache and Path(timing_cache).is_file():
-            transport.put(timing_cache, _join(wd, "timing.cache"))
-        t0 = time.time()
-        result = transport.run(argv, wd)
-        build_seconds = time.time() - t0
-        _log_output(result.output)
-        _fail_on_device(target, spec, f"building the {precision} {profile} engine", result)
-        probed = _check_probe(target, spec, result.output)
-        transport.get(_join(wd, "model.engine"), engine_path)
-        if timing_cache and transport.exists(_join(wd, "timing.cache")):
-            transport.get(_join(wd, "timing.cache"), timing_cache)
-        command = transport.describe(argv, wd)
-    standin = is_standin_engine(engine_path)
-    if standin:
-        log.warning("%s is a TEST STAND-IN engine (no TensorRT ran)", engine_path)
-    inputs: dict[str, str | Path] = {"onnx": source}
-    if calibration_cache:
-        inputs["calibration_cache"] = calibration_cache
     return write_manifest(
         engine_path,
         stage="build_engine",
-        inputs=inputs,
+        inputs=built.inputs,
         options={
             "precision": precision,
             "profile": prof,
             "profile_name": profile,
             "image_size": image_size,
-            "workspace_mib": workspace,
-            "dla_core": spec.get("dla_core"),
-            "timing_cache": bool(timing_cache),
-            "qdq": bool(qdq_onnx),
-            "flags": argv[1:],
+            "workspace_mib": t.workspace_mib,
+            **built.options,
         },
-        command=argv,
+        command=built.command,
         started=started,
-        extra={
-            "target": target,
-            "transport": transport.name,
-            "backend": "trtexec",
-            "tensorrt": {"declared": str(spec["tensorrt"]), "probed": probed["tensorrt"]},
-            "device": {"declared": spec["device"], "probed": probed["device"]},
-            "trt_generation": gen.major,
-            "onnx_sha256": sha256_path(source),
-            "io": {"input": io},
-            "build_seconds": round(build_seconds, 3),
-            "work_dir_command": command,
-            "standin": standin,
-        },
+        extra=built.extra,
         manifest_path=manifest_path,
     )
 
@@ -312,69 +218,27 @@ def benchmark_engine(
     batch = int(prof["opt"])
     io = man["io"]["input"]
     standin = is_standin_engine(engine_path)
-    _check_target_available(target, spec)
-    if backend_of(spec) in PYTHON_BACKENDS:
-        from trtflow.trt.python_api import benchmark_engine_python
-
-        if spec.get("transport", "local") != "local":
-            raise TrtflowError(
-                f"target {target!r}: backend {backend_of(spec)} runs on this host only",
-                f"use backend: trtexec for targets.{target}",
-            )
-        with target_lock(target):
-            summary = benchmark_engine_python(
-                engine_path,
-                batch=batch,
-                warmup_ms=warmup_ms,
-                iterations=iterations,
-                library=PYTHON_BACKENDS[backend_of(spec)],
-            )
-        argv: list[str] = ["trtflow", "benchmark-engine", "--engine", str(engine_path)]
-        exports: dict[str, Any] = {}
-        probed: dict[str, str | None] = {
-            "tensorrt": summary.pop("tensorrt", None),
-            "device": summary.pop("device", None),
-        }
-    else:
-        argv = trtexec.benchmark_argv(
-            str(spec["tensorrt"]),
-            trtexec=spec.get("trtexec") or "trtexec",
-            engine="model.engine",
-            input_name=io["name"],
-            input_shape=io["shape"],
-            batch=batch,
-            times_json="times.json",
-            profile_json="profile.json" if profile_layers else None,
-            warmup_ms=warmup_ms,
-            iterations=iterations,
-            duration_s=duration_s,
-            use_cuda_graph=use_cuda_graph,
-            no_data_transfers=no_data_transfers,
-            dla_core=spec.get("dla_core"),
-        )
-        label = _label(target, "bench", Path(engine_path).stem)
-        with tempfile.TemporaryDirectory(prefix="trtflow-bench-") as local:
-            with _session(target, spec, label) as (transport, wd):
-                transport.put(engine_path, _join(wd, "model.engine"))
-                result = transport.run(argv, wd)
-                _log_output(result.output)
-                _fail_on_device(target, spec, "benchmarking the engine", result)
-                probed = _check_probe(target, spec, result.output)
-                transport.get(_join(wd, "times.json"), Path(local) / "times.json")
-                if profile_layers:
-                    transport.get(_join(wd, "profile.json"), Path(local) / "profile.json")
-            summary = trtexec.parse_times(Path(local) / "times.json", batch=batch)
-            exports = {"times": read_json(Path(local) / "times.json")}
-            if profile_layers:
-                summary["layers"] = trtexec.parse_profile(Path(local) / "profile.json")
-                exports["profile"] = read_json(Path(local) / "profile.json")
+    t = Target.of(target, spec)
+    backend = backend_for(t)
+    backend.check_available()
+    argv: list[str] = ["trtflow", "benchmark-engine", "--engine", str(engine_path)]
+    options = BenchOptions(
+        warmup_ms=warmup_ms,
+        iterations=iterations,
+        duration_s=duration_s,
+        use_cuda_graph=use_cuda_graph,
+        no_data_transfers=no_data_transfers,
+        profile_layers=profile_layers,
+    )
+    timed = backend.benchmark(engine_path, batch=batch, io=io, options=options, command=argv)
+    summary = timed.summary
     report = {
         "engine": str(engine_path),
         "engine_sha256": sha256_path(engine_path),
         "target": target,
-        "tensorrt": str(spec["tensorrt"]),
-        "device": spec["device"],
-        "probed": probed,
+        "tensorrt": t.tensorrt,
+        "device": t.device,
+        "probed": timed.probed,
         "precision": man["options"]["precision"],
         "profile": man["options"].get("profile_name"),
         "batch": batch,
@@ -383,8 +247,8 @@ def benchmark_engine(
         "warmup_ms": warmup_ms,
         "standin": standin,
         **summary,
-        "command": argv,
-        "exports": exports,
+        "command": timed.command,
+        "exports": timed.exports,
         "seconds": round(time.time() - started, 3),
     }
     if standin:
@@ -441,12 +305,14 @@ def check_engine_parity(
             if n.domain not in ("", "ai.onnx") or n.op_type.endswith("_TRT")
         }
     )
+    t = Target.of(target, spec)
+    backend = backend_for(t)
     report: dict[str, Any] = {
         "engine": str(engine_path),
         "onnx": str(onnx_path),
         "target": target,
-        "tensorrt": str(spec["tensorrt"]),
-        "device": spec["device"],
+        "tensorrt": t.tensorrt,
+        "device": t.device,
         "precision": precision,
         "profile": man["options"].get("profile_name"),
         "batch": batch,
@@ -454,45 +320,14 @@ def check_engine_parity(
         **tol,
         "standin": standin,
     }
-    _check_target_available(target, spec)
+    backend.check_available()
     if plugins:
         report.update(ok=None, skipped=f"ONNX Runtime cannot run TensorRT plugins {plugins}")
         log.warning("parity skipped for %s: %s", engine_path, report["skipped"])
         write_json(out_json, report)
         return report
-    if backend_of(spec) in PYTHON_BACKENDS:
-        from trtflow.trt.python_api import run_engine_python
-
-        with target_lock(target):
-            engine_out = run_engine_python(
-                engine_path, {io["name"]: x}, PYTHON_BACKENDS[backend_of(spec)]
-            )
-        argv: list[str] = ["trtflow", "check-engine-parity", "--engine", str(engine_path)]
-    else:
-        argv = trtexec.parity_argv(
-            str(spec["tensorrt"]),
-            trtexec=spec.get("trtexec") or "trtexec",
-            engine="model.engine",
-            input_name=io["name"],
-            input_shape=io["shape"],
-            batch=batch,
-            input_bin="input.bin",
-            output_json="output.json",
-            dla_core=spec.get("dla_core"),
-        )
-        label = _label(target, "parity", Path(engine_path).stem)
-        with tempfile.TemporaryDirectory(prefix="trtflow-parity-") as local:
-            bin_path = Path(local) / "input.bin"
-            bin_path.write_bytes(np.ascontiguousarray(x, dtype="<f4").tobytes())
-            with _session(target, spec, label) as (transport, wd):
-                transport.put(engine_path, _join(wd, "model.engine"))
-                transport.put(bin_path, _join(wd, "input.bin"))
-                result = transport.run(argv, wd)
-                _log_output(result.output)
-                _fail_on_device(target, spec, "running the engine on the parity input", result)
-                _check_probe(target, spec, result.output)
-                transport.get(_join(wd, "output.json"), Path(local) / "output.json")
-            engine_out = trtexec.parse_outputs(Path(local) / "output.json")
+    argv: list[str] = ["trtflow", "check-engine-parity", "--engine", str(engine_path)]
+    engine_out, argv = backend.run(engine_path, x, batch=batch, io=io, command=argv)
     reference = onnx_reference(onnx_path, io["name"], x)
     missing = sorted(set(reference) - set(engine_out))
     if missing:

@@ -27,7 +27,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from trtflow.trt.targets import PLUGIN_PATCH, PLUGINS_SINCE, parse_version, plugin_available
+from trtflow.trt.targets import (
+    PLUGIN_PATCH,
+    PLUGINS_SINCE,
+    nearest_generation,
+    opset_ceiling,
+    parse_version,
+    plugin_available,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +153,7 @@ def check_int64(model: Any, version: str) -> list[Finding]:
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
-    if parse_version(version)[0] >= 10:  # INT64 is a native TensorRT type since 10.0
+    if nearest_generation(version).native_int64:
         return []
     inits = _initializers(model)
     findings = []
@@ -306,8 +313,7 @@ def check_batch(model: Any, dynamic: bool) -> list[Finding]:
 
 def check_opset(model: Any, version: str) -> list[Finding]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    # opset ceilings documented by onnx-tensorrt: 8.x "up to Opset 13" (8.5: 17), 10.0: 20
-    ceiling = {7: 11, 8: 13, 9: 17}.get(parse_version(version)[0], 20)
+    ceiling = opset_ceiling(version)
     if opset is not None and opset > ceiling:
         return [
             Finding(
@@ -321,7 +327,3 @@ def check_opset(model: Any, version: str) -> list[Finding]:
             )
         ]
     return []
-
-
-def _library(backend: str) -> str:
-    return "TensorRT-RTX" if backend == "tensorrt-rtx" else "TensorRT"

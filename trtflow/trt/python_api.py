@@ -106,11 +106,13 @@ def tensorrt_available() -> bool:
 
 
 def api_generation(trt_module: Any) -> str:
-    """'tensors' (10.x named-tensor API, TensorRT-RTX) or 'bindings' (8.x)."""
-    if trt_module.__name__ == "tensorrt_rtx":
-        return "tensors"
-    major = int(str(trt_module.__version__).split(".")[0])
-    return "tensors" if major >= 10 else "bindings"
+    """'tensors' (10.x named-tensor API, TensorRT-RTX) or 'bindings' (8.x), from the version
+    table."""
+    from trtflow.trt.targets import RTX_API_MAJOR, nearest_generation
+
+    rtx = trt_module.__name__ == "tensorrt_rtx"
+    version = f"{RTX_API_MAJOR}.0" if rtx else str(trt_module.__version__)
+    return nearest_generation(version).python_api
 
 
 # ---------------------------------------------------------------- build

@@ -11,7 +11,8 @@ Pure Python (no TensorRT import): safe on any host, including rules/common.smk.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from trtflow.core.errors import TrtflowError
@@ -27,7 +28,7 @@ HOW_TO_CONFIGURE = (
 
 @dataclass(frozen=True)
 class TrtGeneration:
-    """What differs between TensorRT major versions (trtexec flags, Python API generation)."""
+    """What differs between TensorRT major versions (trtexec flags, Python API, INT64, INT8)."""
 
     major: int
     #: trtexec workspace flag, formatted with ``mib``.
@@ -40,12 +41,14 @@ class TrtGeneration:
     removed_flags: tuple[str, ...]
     #: Python API: "bindings" (get_binding_*, execute_async_v2) or "tensors" (named I/O, v3)
     python_api: str
-    #: how trtexec prints its version in "[TensorRT vNNNN]": (major, minor, patch) -> int
-    version_tag_scale: tuple[int, int, int]
-    #: --exportProfile has "medianMs" (added in 8.4)
-    profile_has_median: bool
+    #: NV_TENSORRT_VERSION = major, minor, patch times these (trtexec's "[TensorRT vNNNN]",
+    #: a calibration cache's "TRT-NNNN-" header)
+    version_code_scale: tuple[int, int, int]
     #: INT64 tensors are native (10.x); before, the parser casts INT64 down to INT32
     native_int64: bool
+    #: int8 engines are built from the Q/DQ ONNX (explicit quantization); before 10.x trtflow
+    #: gives them a calibration cache written for that exact version (implicit INT8)
+    int8_from_qdq: bool
 
 
 # One row per TensorRT major version trtflow knows how to drive. Sources: `trtexec --help` of
@@ -60,9 +63,9 @@ GENERATIONS: dict[int, TrtGeneration] = {
         onnx_build_flags=("--explicitBatch",),
         removed_flags=("--memPoolSize", "--skipInference", "--stronglyTyped"),
         python_api="bindings",
-        version_tag_scale=(1000, 100, 1),
-        profile_has_median=False,
+        version_code_scale=(1000, 100, 1),
         native_int64=False,
+        int8_from_qdq=False,
     ),
     10: TrtGeneration(
         major=10,
@@ -84,11 +87,19 @@ GENERATIONS: dict[int, TrtGeneration] = {
             "--maxBatch",
         ),
         python_api="tensors",
-        version_tag_scale=(10000, 100, 1),
-        profile_has_median=True,
+        version_code_scale=(10000, 100, 1),
         native_int64=True,
+        int8_from_qdq=True,
     ),
 }
+
+#: TensorRT-RTX's Python API is TensorRT 10's (named tensors, execute_async_v3).
+RTX_API_MAJOR = 10
+
+# Opset ceilings documented by onnx-tensorrt: 8.x "up to Opset 13" (8.5: 17), 10.0: 20; by
+# major, including the majors trtflow preflights but does not drive (7.x).
+OPSET_CEILINGS: dict[int, int] = {7: 11, 8: 13, 9: 17}
+OPSET_CEILING_AFTER = 20
 
 # TensorRT plugins a patch may insert, and the first TensorRT version that ships them.
 PLUGINS_SINCE: dict[str, tuple[int, ...]] = {
@@ -102,30 +113,6 @@ PLUGINS_SINCE: dict[str, tuple[int, ...]] = {
 PLUGIN_PATCH: dict[str, str] = {"EfficientNMS_TRT": "efficient_nms"}
 
 _VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+){0,2}$")
-
-# ---------------------------------------------------------------- backends
-#: Backends that drive TensorRT through its Python API (Polygraphy) on this host: the module.
-PYTHON_BACKENDS: dict[str, str] = {"python": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-#: TensorRT-RTX: real parser and ahead-of-time builder on any host; runs on RTX-class GPUs.
-RTX = "tensorrt-rtx"
-
-
-def backend_of(spec: dict[str, Any]) -> str:
-    return str(spec.get("backend", "trtexec"))
-
-
-def is_rtx(spec: dict[str, Any]) -> bool:
-    return backend_of(spec) == RTX
-
-
-def builds_qdq(spec: dict[str, Any]) -> bool:
-    """int8 engines from the Q/DQ ONNX (TensorRT >= 10, TensorRT-RTX); else a calibration cache."""
-    return is_rtx(spec) or parse_version(str(spec["tensorrt"]))[0] >= 10
-
-
-def builds_fp16_onnx(spec: dict[str, Any]) -> bool:
-    """fp16 engines from an fp16 ONNX: TensorRT-RTX is strongly typed (no fp16 builder flag)."""
-    return is_rtx(spec)
 
 
 def local_compute_capabilities() -> frozenset[str]:
@@ -154,17 +141,6 @@ def local_compute_capabilities() -> frozenset[str]:
     )
 
 
-def runs_here(spec: dict[str, Any], local_caps: frozenset[str]) -> bool:
-    """Whether this target's engines can be run (benchmark, parity) from this host.
-
-    A TensorRT-RTX target builds ahead of time anywhere; its engines run only on a GPU of one
-    of its compute capabilities. Other targets run on their device (local or ssh), as before.
-    """
-    if not is_rtx(spec):
-        return True
-    return bool(local_caps & {str(c) for c in spec.get("compute_capabilities", [])})
-
-
 #: What the summary says of a built TensorRT-RTX engine this host cannot run.
 NOT_RUN_HERE = "built, not run: no supported GPU here"
 
@@ -191,19 +167,40 @@ def generation(version: str, target: str = "?") -> TrtGeneration:
     return GENERATIONS[major]
 
 
+def nearest_generation(version: str) -> TrtGeneration:
+    """The row of GENERATIONS whose facts hold for ``version``: the newest row at or below its
+    major (9.x has 8.x's), the oldest row for older majors (7.x). For what holds from a major
+    on (API, INT64, INT8 source, version code); driving trtexec needs generation()'s exact row.
+    """
+    major = parse_version(version)[0]
+    at_or_below = [m for m in GENERATIONS if m <= major]
+    return GENERATIONS[max(at_or_below) if at_or_below else min(GENERATIONS)]
+
+
+def version_code(version: str) -> int:
+    """TensorRT's NV_TENSORRT_VERSION: 8.2.1 -> 8201, 10.3.0 -> 100300."""
+    parts = (*parse_version(version), 0, 0)[:3]
+    scale = nearest_generation(version).version_code_scale
+    return sum(p * s for p, s in zip(parts, scale, strict=True))
+
+
 def version_tag(version: str) -> str:
     """How trtexec prints a version in its banner: 8.2.1 -> 'v8201', 10.3.0 -> 'v100300'."""
-    parts = (*parse_version(version), 0, 0)[:3]
-    scale = generation(version).version_tag_scale
-    return "v" + str(sum(p * s for p, s in zip(parts, scale, strict=True)))
+    return f"v{version_code(version)}"
 
 
 def version_from_tag(tag: str) -> str:
     """Inverse of version_tag: 'v8201' -> '8.2.1', 'v100300' -> '10.3.0'."""
     n = int(tag.lstrip("v"))
-    if n >= 100000:  # 10.x and later: MMmmpp
-        return f"{n // 10000}.{n // 100 % 100}.{n % 100}"
-    return f"{n // 1000}.{n // 100 % 10}.{n % 100}"
+    rows = sorted(GENERATIONS.values(), key=lambda g: -g.major)
+    gen = next((g for g in rows if n // g.version_code_scale[0] >= g.major), rows[-1])
+    scale = gen.version_code_scale
+    return f"{n // scale[0]}.{n % scale[0] // scale[1]}.{n % scale[1] // scale[2]}"
+
+
+def opset_ceiling(version: str) -> int:
+    """The newest ONNX opset onnx-tensorrt documents for this TensorRT version."""
+    return OPSET_CEILINGS.get(parse_version(version)[0], OPSET_CEILING_AFTER)
 
 
 def same_version(declared: str, probed: str) -> bool:
@@ -233,22 +230,110 @@ def target_spec(targets: dict[str, Any], name: str) -> dict[str, Any]:
     return spec
 
 
-def build_relevant(spec: dict[str, Any]) -> dict[str, Any]:
-    """The part of a target that changes the engine it builds (the rule's rerun params).
+#: The backend name of TensorRT-RTX targets: real parser and ahead-of-time builder on any
+#: host; the engines run on RTX-class GPUs only.
+RTX = "tensorrt-rtx"
 
-    How the device is reached (host, user, port, workdir, trtexec path, ssh config) is left
-    out on purpose: moving a device to a new address must not rebuild its engines.
+
+@dataclass(frozen=True)
+class Target:
+    """One configured target (``targets.<name>``), typed: what the engine stages read of it.
+
+    Build it with ``Target.of(name, spec)`` (or ``Target.from_config``): the entry is validated
+    and its defaults are filled from schemas/config.schema.yaml, the one place they are written.
     """
-    relevant = {
-        "tensorrt": str(spec["tensorrt"]),
-        "device": spec["device"],
-        "backend": spec.get("backend", "trtexec"),
-        "workspace_mib": spec.get("workspace_mib", 1024),
-        "dla_core": spec.get("dla_core"),
-    }
-    if is_rtx(spec):  # the architectures an ahead-of-time build targets
-        relevant["compute_capabilities"] = [str(c) for c in spec.get("compute_capabilities", [])]
-    return relevant
+
+    name: str
+    #: declared TensorRT version (TensorRT-RTX's own version on a tensorrt-rtx target)
+    tensorrt: str
+    device: str
+    backend: str
+    transport: str
+    host: str | None
+    user: str | None
+    port: int
+    ssh_config: str | None
+    connect_timeout: int
+    workdir: str
+    trtexec: str
+    precisions: tuple[str, ...]
+    workspace_mib: int
+    dla_core: int | None
+    timing_cache: bool
+    #: GPU architectures of an ahead-of-time (TensorRT-RTX) build; () elsewhere
+    compute_capabilities: tuple[str, ...]
+
+    @classmethod
+    def of(cls, name: str, spec: Mapping[str, Any]) -> Target:
+        """The target ``name`` from its config entry (validated, schema defaults filled in)."""
+        from trtflow.core.config import validate_target
+
+        full = validate_target(name, dict(spec))
+        scalars = {
+            f.name: full[f.name]
+            for f in fields(cls)
+            if f.name not in ("name", "precisions", "compute_capabilities")
+        }
+        return cls(
+            name=name,
+            precisions=tuple(full["precisions"]),
+            compute_capabilities=tuple(str(c) for c in full.get("compute_capabilities", ())),
+            **scalars,
+        )
+
+    @classmethod
+    def from_config(cls, targets: dict[str, Any], name: str) -> Target:
+        """Look ``name`` up in the config's ``targets`` (one clear message when it is not there)."""
+        return cls.of(name, target_spec(targets, name))
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.backend == RTX
+
+    @property
+    def is_local(self) -> bool:
+        return self.transport == "local"
+
+    @property
+    def generation(self) -> TrtGeneration:
+        """The version table's row that drives this target's trtexec (or a clear error)."""
+        return generation(self.tensorrt, self.name)
+
+    @property
+    def int8_from_qdq(self) -> bool:
+        """int8 engines from the Q/DQ ONNX (TensorRT >= 10, TensorRT-RTX); else a calibration
+        cache written for this exact version."""
+        return self.is_rtx or nearest_generation(self.tensorrt).int8_from_qdq
+
+    @property
+    def fp16_from_onnx(self) -> bool:
+        """fp16 engines from an fp16 ONNX: TensorRT-RTX is strongly typed (no fp16 flag)."""
+        return self.is_rtx
+
+    def runs_here(self, local_caps: frozenset[str]) -> bool:
+        """Whether this target's engines can be run (benchmark, parity) from this host.
+
+        A TensorRT-RTX target builds ahead of time anywhere; its engines run only on a GPU of
+        one of its compute capabilities. Other targets run on their device (local or ssh).
+        """
+        return not self.is_rtx or bool(local_caps & set(self.compute_capabilities))
+
+    def build_relevant(self) -> dict[str, Any]:
+        """The part of the target that changes the engine it builds (the rule's rerun params).
+
+        How the device is reached (host, user, port, workdir, trtexec path, ssh config) is
+        left out on purpose: moving a device to a new address must not rebuild its engines.
+        """
+        relevant: dict[str, Any] = {
+            "tensorrt": self.tensorrt,
+            "device": self.device,
+            "backend": self.backend,
+            "workspace_mib": self.workspace_mib,
+            "dla_core": self.dla_core,
+        }
+        if self.is_rtx:  # the architectures an ahead-of-time build targets
+            relevant["compute_capabilities"] = list(self.compute_capabilities)
+        return relevant
 
 
 def parse_profile(profile: str) -> dict[str, int]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import atomic_path, command_line
+from trtflow.trt.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -268,21 +269,21 @@ class SshTransport(Transport):
         return [*self._ssh(), f"cd {shlex.quote(cwd)} && {shlex.join(argv)}"]
 
 
-def make_transport(name: str, spec: dict[str, Any]) -> Transport:
-    """The transport of target ``name`` from its config entry."""
-    if spec.get("transport", "local") == "ssh":
-        if not spec.get("host"):
+def make_transport(target: Target) -> Transport:
+    """The transport of a target, from its config entry."""
+    if target.transport == "ssh":
+        if not target.host:
             raise TrtflowError(
-                f"target {name!r} has transport ssh but no host",
-                f"set targets.{name}.host (and user, port)",
+                f"target {target.name!r} has transport ssh but no host",
+                f"set targets.{target.name}.host (and user, port)",
             )
         return SshTransport(
-            target=name,
-            host=spec["host"],
-            user=spec.get("user"),
-            port=int(spec.get("port") or 22),
-            base_workdir=spec.get("workdir") or "/tmp/trtflow",
-            ssh_config=spec.get("ssh_config"),
-            connect_timeout=int(spec.get("connect_timeout", 10)),
+            target=target.name,
+            host=target.host,
+            user=target.user,
+            port=target.port,
+            base_workdir=target.workdir,
+            ssh_config=target.ssh_config,
+            connect_timeout=target.connect_timeout,
         )
-    return LocalTransport(target=name)
+    return LocalTransport(target=target.name)
