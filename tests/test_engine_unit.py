@@ -687,3 +687,158 @@ def test_config_example_targets_validate():
     assert targets["jetson-nano"]["transport"] == "ssh"
     assert "int8" not in targets["jetson-nano"]["precisions"]
     assert targets["workstation"]["transport"] == "local"
+
+
+# ---------------------------------------------------------------- Target and backends
+
+
+def _target_schema() -> dict:
+    from trtflow.core.config import load_schema
+
+    return load_schema()["properties"]["targets"]["additionalProperties"]
+
+
+def test_target_defaults_come_from_the_schema_and_it_is_frozen():
+    import dataclasses
+
+    from trtflow.trt.targets import Target
+
+    t = Target.of("t", {"tensorrt": "10.3", "device": "GPU"})
+    defaults = {
+        k: p["default"] for k, p in _target_schema()["properties"].items() if "default" in p
+    }
+    assert defaults, "the schema gives target defaults"
+    for key, default in defaults.items():
+        value = getattr(t, key)
+        assert (list(value) if isinstance(value, tuple) else value) == default, key
+    assert t.name == "t" and t.compute_capabilities == () and not t.is_rtx and t.is_local
+    # every field the stages read is a schema key (or the name): nothing invented here
+    names = {f.name for f in dataclasses.fields(Target)} - {"name"}
+    assert names == set(_target_schema()["properties"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.workspace_mib = 1  # type: ignore[misc]
+    # given values win; a validated entry gives the same Target (defaults applied once)
+    ssh = Target.of("n", {"tensorrt": "8.2.1", "device": "X1", "transport": "ssh", "host": "nano",
+                          "precisions": ["fp16"], "workspace_mib": 512})  # fmt: skip
+    assert (ssh.transport, ssh.host, ssh.precisions, ssh.workspace_mib, ssh.port) == (
+        "ssh", "nano", ("fp16",), 512, 22)  # fmt: skip
+    from trtflow.core.config import validate_target
+
+    spec = {"tensorrt": "8.2.1", "device": "X1", "transport": "ssh", "host": "nano"}
+    assert Target.of("n", validate_target("n", spec)) == Target.of("n", spec)
+
+
+def test_target_entry_is_validated():
+    from trtflow.trt.targets import Target
+
+    with pytest.raises(TrtflowError, match=r"targets\.t.*unknown key 'workspace'"):
+        Target.of("t", {"tensorrt": "10.3", "device": "GPU", "workspace": 64})
+    with pytest.raises(TrtflowError, match=r"targets\.r.*compute_capabilities"):
+        Target.of("r", {"tensorrt": "1.7.1", "device": "RTX", "backend": "tensorrt-rtx"})
+    with pytest.raises(TrtflowError, match="unknown target 'x' \\(configured: t\\)"):
+        Target.from_config({"t": {"tensorrt": "10.3", "device": "GPU"}}, "x")
+
+
+def test_target_derived_facts():
+    from trtflow.trt.targets import Target
+
+    rtx = Target.of("r", {"tensorrt": "1.7.1", "device": "RTX", "backend": "tensorrt-rtx",
+                          "compute_capabilities": ["8.6", "8.9"]})  # fmt: skip
+    nano = Target.of("n", {"tensorrt": "8.2.1", "device": "X1"})
+    orin = Target.of("o", {"tensorrt": "10.3", "device": "Orin", "dla_core": 0})
+    assert rtx.is_rtx and rtx.int8_from_qdq and rtx.fp16_from_onnx
+    assert not nano.int8_from_qdq and orin.int8_from_qdq and not orin.fp16_from_onnx
+    assert nano.generation.major == 8 and orin.generation.major == 10
+    assert not rtx.runs_here(frozenset()) and rtx.runs_here(frozenset({"8.9"}))
+    assert not rtx.runs_here(frozenset({"9.0"})) and nano.runs_here(frozenset())
+    assert rtx.build_relevant()["compute_capabilities"] == ["8.6", "8.9"]
+    assert orin.build_relevant() == {"tensorrt": "10.3", "device": "Orin", "backend": "trtexec",
+                                     "workspace_mib": 1024, "dla_core": 0}  # fmt: skip
+    with pytest.raises(TrtflowError, match="target 'r'.*not in trtflow's version table"):
+        rtx.generation  # noqa: B018 - TensorRT-RTX has no trtexec row
+
+
+def test_backend_for_looks_the_backend_up_by_name():
+    from trtflow.trt.backends import (
+        BACKENDS,
+        PythonBackend,
+        RtxBackend,
+        TrtexecBackend,
+        backend_class,
+        backend_for,
+    )
+    from trtflow.trt.targets import Target
+
+    enum = _target_schema()["properties"]["backend"]["enum"]
+    assert list(BACKENDS) == enum  # one backend per name the schema allows
+    expected = {"trtexec": TrtexecBackend, "python": PythonBackend, "tensorrt-rtx": RtxBackend}
+    for name, cls in expected.items():
+        spec = {
+            "tensorrt": "10.3",
+            "device": "GPU",
+            "backend": name,
+            "compute_capabilities": ["8.6"],
+        }
+        b = backend_for(Target.of("t", spec))
+        assert type(b) is cls and b.name == name and b.target.backend == name
+    assert (TrtexecBackend.library, RtxBackend.library) == ("TensorRT", "TensorRT-RTX")
+    with pytest.raises(TrtflowError, match="unknown backend 'tensorrt-llm'.*use one of: trtexec"):
+        backend_class("tensorrt-llm")
+    # a Python-API backend runs on this host only: every stage refuses an ssh target the same way
+    ssh = {
+        "tensorrt": "10.3",
+        "device": "GPU",
+        "transport": "ssh",
+        "host": "h",
+        "backend": "python",
+    }
+    with pytest.raises(TrtflowError, match="target 's': backend python runs on this host only"):
+        backend_for(Target.of("s", ssh)).check_available()
+    backend_for(Target.of("s", {**ssh, "backend": "trtexec"})).check_available()  # the device's
+
+
+def test_rtx_backend_picks_the_onnx_of_the_precision(tmp_path):
+    from trtflow.trt.backends import backend_for
+    from trtflow.trt.targets import Target
+
+    spec = {"tensorrt": "1.7.1", "device": "RTX", "backend": "tensorrt-rtx",
+            "compute_capabilities": ["8.6"]}  # fmt: skip
+    rtx, trt = backend_for(Target.of("r", spec)), backend_for(Target.of("t", _spec("trtexec")))
+    assert rtx.source_onnx("p.onnx", "fp16", fp16_onnx="h.onnx") == Path("h.onnx")
+    assert rtx.source_onnx("p.onnx", "int8", qdq_onnx="q.onnx") == Path("q.onnx")
+    assert trt.source_onnx("p.onnx", "fp16", fp16_onnx="h.onnx") == Path("p.onnx")
+    with pytest.raises(TrtflowError, match="needs an fp16 ONNX"):
+        rtx.source_onnx("p.onnx", "fp16")
+    with pytest.raises(TrtflowError, match="cannot build precision best"):
+        rtx.source_onnx("p.onnx", "best")
+
+
+def test_version_facts_come_from_the_table():
+    from types import SimpleNamespace
+
+    from trtflow.quant.trt_cache import trt_version_code
+    from trtflow.trt.python_api import api_generation
+    from trtflow.trt.targets import nearest_generation, opset_ceiling, version_code
+
+    assert [nearest_generation(v).major for v in ("7.1.3", "8.6.1", "9.0", "10.3", "11.0")] == [
+        8, 8, 8, 10, 10]  # fmt: skip
+    assert version_code("7.1.3") == trt_version_code("7.1.3") == 7103
+    assert version_from_tag(version_tag("8.6.1")) == "8.6.1"
+    assert [opset_ceiling(v) for v in ("7.1.3", "8.2.1", "10.3")] == [11, 13, 20]
+    fake = SimpleNamespace
+    assert api_generation(fake(__name__="tensorrt", __version__="8.2.1")) == "bindings"
+    assert api_generation(fake(__name__="tensorrt", __version__="10.3.0")) == "tensors"
+    assert api_generation(fake(__name__="tensorrt_rtx", __version__="1.7.1")) == "tensors"
+
+
+def test_every_version_table_field_is_read():
+    """A field of TrtGeneration that no code reads is a fact kept by hand for nothing."""
+    import dataclasses
+
+    from trtflow.trt.targets import TrtGeneration
+
+    files = [*(REPO / "trtflow").rglob("*.py"), *(REPO / "tests").glob("test_*.py")]
+    code = "\n".join(p.read_text(encoding="utf-8") for p in files)  # the table writes `name=`
+    unread = [f.name for f in dataclasses.fields(TrtGeneration)
+              if f.name != "major" and f".{f.name}" not in code]  # fmt: skip
+    assert not unread, f"GENERATIONS fields nothing reads: {unread}"
