@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from trtflow.onnx.compare import to_layout
+from trtflow.onnx.io import to_layout
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class OnnxRunner:
     def __call__(self, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
         from trtflow.tf.graph import in_chunks
 
-        x = to_layout(x_nhwc, list(self.input.shape))
+        x = to_layout(x_nhwc, "NHWC", list(self.input.shape))
         lead = self.input.shape[0]
         fixed = lead if isinstance(lead, int) and lead > 0 else None
         outs = in_chunks(lambda p: self.session.run(None, {self.input.name: p}), x, fixed)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.core.errors import TrtflowError
+from trtflow.onnx.io import to_layout
 from trtflow.quant.detections import _summary
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,8 @@ class _Model:
         self.batch = dim0 if isinstance(dim0, int) and dim0 > 0 else 1
 
     def __call__(self, x_nchw: np.ndarray) -> list[np.ndarray]:
-        from trtflow.images.io import to_layout
 
-        x = to_layout(x_nchw, list(self.input.shape))
+        x = to_layout(x_nchw, "NCHW", list(self.input.shape))
         chunks = []
         for i in range(0, len(x), self.batch):
             part = x[i : i + self.batch]
