@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # Inputs where an INT64 value beyond INT32 is harmless once clamped ("to the end" sentinels).
 _CLAMP_SAFE = {("Slice", 1), ("Slice", 2)}
 
@@ -146,6 +145,8 @@ def check_int64(model: Any, version: str) -> list[Finding]:
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
+    from trtflow.onnx.patches.dtypes import fits_int32
+
     if parse_version(version)[0] >= 10:  # INT64 is a native TensorRT type since 10.0
         return []
     inits = _initializers(model)
@@ -158,7 +159,7 @@ def check_int64(model: Any, version: str) -> list[Finding]:
         if t.data_type != TensorProto.INT64:
             continue
         arr = numpy_helper.to_array(t)
-        beyond = bool(arr.size) and bool((arr > INT32_MAX).any() or (arr < INT32_MIN).any())
+        beyond = not fits_int32(arr)
         users = consumers.get(name, [])
         node = users[0][0] if users else None
         where = node.name or node.op_type if node is not None else name
