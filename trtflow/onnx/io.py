@@ -1,4 +1,4 @@
-"""Reading an ONNX file: the one place that turns a missing or corrupt file into one clear line."""
+"""ONNX files and their I/O contract: loading (one clear line if missing or corrupt), I/O, layout."""
 
 from __future__ import annotations
 
@@ -73,6 +73,15 @@ def io_contract(model: onnx.ModelProto) -> list[dict]:
     for value_info in model.graph.output:
         add(value_info, "output")
     return entries
+
+
+def input_contract(model: onnx.ModelProto) -> list[dict]:
+    """The inputs of ``io_contract``: one ``{name, shape, dtype}`` per graph input."""
+    return [
+        {key: e[key] for key in ("name", "shape", "dtype")}
+        for e in io_contract(model)
+        if e["kind"] == "input"
+    ]
 
 
 def image_layout(shape: list[Any]) -> str | None:

@@ -27,6 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from trtflow.onnx.io import input_contract  # noqa: F401  (stages read it here)
 from trtflow.trt.targets import PLUGIN_PATCH, PLUGINS_SINCE, parse_version, plugin_available
 
 log = logging.getLogger(__name__)
@@ -238,30 +239,6 @@ def check_parser(onnx_paths: Sequence[str | Path], plugins_are_errors: bool) -> 
                         parser_fix(e.message), onnx=str(path))
             )  # fmt: skip
     return findings
-
-
-def _dim(d: Any) -> int | str:
-    return d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-
-
-def input_contract(model: Any) -> list[dict[str, Any]]:
-    """Graph inputs (not initializers): name, shape (symbolic dims as strings), dtype."""
-    from onnx import TensorProto
-
-    inits = {i.name for i in model.graph.initializer}
-    out = []
-    for i in model.graph.input:
-        if i.name in inits:
-            continue
-        tt = i.type.tensor_type
-        out.append(
-            {
-                "name": i.name,
-                "shape": [_dim(d) for d in tt.shape.dim],
-                "dtype": TensorProto.DataType.Name(tt.elem_type).lower(),
-            }
-        )
-    return out
 
 
 def check_batch(model: Any, dynamic: bool) -> list[Finding]:
