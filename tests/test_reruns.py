@@ -92,6 +92,7 @@ def run(tmp_path_factory):
         "batch_sizes": [1],
         "precisions": ["fp32", "int8"],
         "calibration": {"count": 4, "holdout": 2},
+        "dataset": {"train_count": 4, "val_count": 8},
         "int8": {"enabled": True, "trt_cache_versions": ["8.6.1"],
                  "gate": {"min_map50_vs_fp32": 0.0, "max_map50_drop": 1.0, "max_map_drop": 1.0,
                           "builtin_labels": True, "eval_count": 8}},

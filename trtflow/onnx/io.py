@@ -1,4 +1,4 @@
-"""ONNX files and their I/O contract: loading (one clear line if missing or corrupt), I/O, layout."""
+"""ONNX files and their I/O contract: loading (one line if missing or corrupt), I/O, layouts."""
 
 from __future__ import annotations
 
