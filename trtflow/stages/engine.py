@@ -15,7 +15,8 @@ from typing import Any
 
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import read_json, sha256_path, write_json, write_manifest
-from trtflow.onnx.io import load_onnx
+from trtflow.onnx.io import input_contract, load_onnx
+from trtflow.onnx.plugins import plugin_ops
 from trtflow.trt.backends import (
     BenchOptions,
     BuildJob,
@@ -26,7 +27,6 @@ from trtflow.trt.backends import (
     onnx_input,
     onnx_reference,
 )
-from trtflow.trt.checks import input_contract
 from trtflow.trt.targets import Target, parse_profile, parse_version
 
 log = logging.getLogger(__name__)
@@ -298,13 +298,7 @@ def check_engine_parity(
     x = make_engine_input(shape, seed)
     standin = is_standin_engine(engine_path)
     model = load_onnx(onnx_path, load_external_data=False)
-    plugins = sorted(
-        {
-            n.op_type
-            for n in model.graph.node
-            if n.domain not in ("", "ai.onnx") or n.op_type.endswith("_TRT")
-        }
-    )
+    plugins = plugin_ops(model)
     t = Target.of(target, spec)
     backend = backend_for(t)
     report: dict[str, Any] = {

@@ -33,7 +33,7 @@ import numpy as np
 
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import read_json, sha256_path
-from trtflow.onnx.io import load_onnx
+from trtflow.onnx.io import input_contract, load_onnx
 from trtflow.trt import trtexec
 from trtflow.trt.checks import (
     Finding,
@@ -81,9 +81,6 @@ def _label(*parts: Any) -> str:
 
 def onnx_input(onnx_path: str | Path) -> dict[str, Any]:
     """The ONNX's (single) image input: name, shape (symbolic batch as a string), dtype."""
-
-    from trtflow.trt.checks import input_contract
-
     inputs = input_contract(load_onnx(onnx_path, load_external_data=False))
     if len(inputs) != 1:
         raise TrtflowError(
