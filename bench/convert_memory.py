@@ -159,7 +159,9 @@ def pb_io(pb: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("pbs", nargs="+", metavar="VARIANT=PB", help="e.g. s=results/pb/yolov5s/640/model.pb")
+    p.add_argument(
+        "pbs", nargs="+", metavar="VARIANT=PB", help="e.g. s=results/pb/yolov5s/640/model.pb"
+    )
     p.add_argument("--paths", default="tf2onnx,trtflow", help="conversions to run, baseline first")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--phases", action="store_true", help="also print each phase's peak RSS")
@@ -173,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = args.paths.split(",")
     print(f"CPU: {cpu_label()}, {os.cpu_count()} cores; python {sys.version.split()[0]}")
-    print("| variant | weights MB | path | peak RSS MB | time s | vs "
-          f"{paths[0]} | peak / weights | same ONNX as {paths[0]} | sha256 |")
+    print(
+        "| variant | weights MB | path | peak RSS MB | time s | vs "
+        f"{paths[0]} | peak / weights | same ONNX as {paths[0]} | sha256 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     ok = True
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 import yaml
@@ -136,12 +137,48 @@ def test_nchw_input_handles_several_transposes_and_an_nhwc_consumer():
     assert "removed 2 Transpose" in report[0]["changes"][0]
 
 
-def test_nchw_input_leaves_an_nchw_model_alone():
+def test_nchw_input_leaves_an_nchw_model_alone(caplog):
     model = factory.tiny_detector(nhwc=False)
-    patched, report = apply_patches(model, ["nchw_input"], OPTIONS)
+    with caplog.at_level("INFO", logger="trtflow.patches"):
+        patched, report = apply_patches(model, ["nchw_input"], OPTIONS)
     assert report[0]["changes"] == []
     assert ops(patched) == ops(model)
     assert contract(patched) == contract(model)
+    assert (
+        f"input 'input_1' [unk__0,3,{SIZE},{SIZE}] is NCHW (dim 1 is the 3 channels, dims 2-3 "
+        f"{SIZE}x{SIZE} = the image size): left as is, already NCHW" in caplog.text
+    )
+
+
+def test_nchw_input_states_an_nhwc_input_it_cannot_transpose(caplog):
+    """A classifier's NHWC input with no Transpose behind it (issue 14): said to be NHWC, why,
+    and left as it is, as a warning."""
+    x = gs.Variable("x:0", np.float32, [1, SIZE, SIZE, 3])
+    y = gs.Variable("y:0", np.float32, [1, 3])
+    mean = gs.Node("ReduceMean", "mean", {"axes": [1, 2], "keepdims": 0}, [x], [y])
+    model = gs.export_onnx(gs.Graph(nodes=[mean], inputs=[x], outputs=[y], opset=17))
+    with caplog.at_level("INFO", logger="trtflow.patches"):
+        patched, report = apply_patches(model, ["nchw_input"], OPTIONS)
+    assert report[0]["changes"] == [] and contract(patched) == contract(model)
+    (record,) = [r for r in caplog.records if "nchw_input: input" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (
+        f"nchw_input: input 'x:0' [1,{SIZE},{SIZE},3] is NHWC (dim 3 is the 3 channels, dims "
+        f"1-2 {SIZE}x{SIZE} = the image size): left as is, no Transpose(0,3,1,2) to remove "
+        "among its consumers (ReduceMean)"
+    )
+
+
+@pytest.mark.parametrize(
+    "shape,layout",
+    [([1, 64, 64, 3], "NHWC"), (["n", 3, 64, 64], "NCHW"), ([1, 64, 64, 1], "NHWC"),
+     ([1, 1, 64, 64], "NCHW"), ([1, 3, 3, 3], "unknown"), ([1, 5, 7, 9], "unknown"),
+     ([1, 64, 64], "unknown"), (None, "unknown")],
+)  # fmt: skip
+def test_image_layout(shape, layout):
+    from trtflow.patches import image_layout
+
+    assert image_layout(shape, 64)[0] == layout
 
 
 # --- fix_batch -------------------------------------------------------------------------------

@@ -288,6 +288,27 @@ _TO_NCHW = [0, 3, 1, 2]
 _TO_NHWC = [0, 2, 3, 1]
 
 
+def image_layout(shape: Sequence[Any] | None, image_size: int | None = None) -> tuple[str, str]:
+    """``("NHWC" | "NCHW" | "unknown", why)`` of an image tensor's ``shape``: the layout is
+    where its 3 colour channels are (dim 3 or dim 1), with the image size deciding when both
+    or neither are 3 (a 3-pixel image, dynamic dims)."""
+    if shape is None or len(shape) != 4:
+        return "unknown", f"rank {len(shape) if shape is not None else '?'}, not an image batch"
+    _, d1, d2, d3 = shape
+    size = f"{image_size}x{image_size}"
+    if d3 == 3 and d1 != 3 or d3 == 3 and d1 == d2 == image_size:
+        spatial = f"dims 1-2 {d1}x{d2}" + (" = the image size" if d1 == d2 == image_size else "")
+        return "NHWC", f"dim 3 is the 3 channels, {spatial}"
+    if d1 == 3 and d3 != 3 or d1 == 3 and d2 == d3 == image_size:
+        spatial = f"dims 2-3 {d2}x{d3}" + (" = the image size" if d2 == d3 == image_size else "")
+        return "NCHW", f"dim 1 is the 3 channels, {spatial}"
+    if image_size and d1 == d2 == image_size:
+        return "NHWC", f"dims 1-2 are the image size {size} (dim 3 is {d3}, not 3 channels)"
+    if image_size and d2 == d3 == image_size:
+        return "NCHW", f"dims 2-3 are the image size {size} (dim 1 is {d1}, not 3 channels)"
+    return "unknown", f"neither dim 1 nor dim 3 is 3 channels, nor are two dims {size}"
+
+
 @register("nchw_input")
 def nchw_input(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
     """Make NHWC image inputs NCHW and delete the Transpose(0,3,1,2) tf2onnx put behind them.
@@ -307,12 +328,18 @@ def nchw_input(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
             if n.op == "Transpose" and list(n.attrs.get("perm", [])) == _TO_NCHW
         ]
         if old.shape is None or len(old.shape) != 4 or not leading:
-            log.info(
-                "%s: input %r %s has no leading Transpose(0,3,1,2): left as is (already NCHW?)",
-                patch,
-                old.name,
-                _fmt_shape(old.shape),
-            )
+            layout, evidence = image_layout(old.shape, options.image_size)
+            if layout == "NCHW":
+                why = "already NCHW"
+            elif leading:
+                why = "its shape is not a known rank-4 shape, so no NCHW input can be declared"
+            else:
+                users = ", ".join(n.op for n in consumers) or "none"
+                why = f"no Transpose(0,3,1,2) to remove among its consumers ({users})"
+            (log.warning if layout == "NHWC" else log.info)(
+                "%s: input %r %s is %s (%s): left as is, %s",
+                patch, old.name, _fmt_shape(old.shape), layout, evidence, why,
+            )  # fmt: skip
             continue
         name = old.name
         n, h, w, c = old.shape
