@@ -103,8 +103,11 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def convert_in_child(path: str, pb: Path, out: Path, io: dict, opset: int) -> dict:
-    """Run one conversion in a fresh process; its peak RSS, wall time and phase peaks."""
+def convert_in_child(
+    path: str, pb: Path, out: Path, io: dict, opset: int, limit_mb: float | None = None
+) -> dict:
+    """Run one conversion in a fresh process; its peak RSS, wall time and phase peaks (the
+    child is killed when its RSS passes ``limit_mb``: ``stopped`` is then True)."""
     argv = [sys.executable, "-c", CHILDREN[path], str(pb), str(out), io["input_name"],
             io["output_name"], str(opset)]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
@@ -113,6 +116,7 @@ def convert_in_child(path: str, pb: Path, out: Path, io: dict, opset: int) -> di
                             env=env)  # fmt: skip
     phases: list[list] = [["start", 0]]  # [name of the phase that ended, its peak kB]
     tail: list[str] = []
+    stopped = False
 
     def read() -> None:
         assert proc.stderr is not None
@@ -132,14 +136,20 @@ def convert_in_child(path: str, pb: Path, out: Path, io: dict, opset: int) -> di
             break
         rss = _rss_kb(proc.pid)
         phases[-1][1] = max(phases[-1][1], rss)
+        if limit_mb and rss > limit_mb * 1024 and not stopped:
+            proc.kill()
+            stopped = True
         time.sleep(0.01)
     wall = time.time() - started
     reader.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if stopped:
+        return {"peak_mb": usage.ru_maxrss / 1024, "seconds": wall, "stopped": True,
+                "phases": [(n, kb / 1024) for n, kb in phases if kb]}  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"{path} conversion of {pb} failed ({proc.returncode}):\n{''.join(tail)}")
     return {"peak_mb": usage.ru_maxrss / 1024, "seconds": wall,
-            "phases": [(n, kb / 1024) for n, kb in phases if kb]}  # fmt: skip
+            "phases": [(n, kb / 1024) for n, kb in phases if kb], "stopped": False}  # fmt: skip
 
 
 def weights_mb(model) -> float:
@@ -165,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", default="tf2onnx,trtflow", help="conversions to run, baseline first")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--phases", action="store_true", help="also print each phase's peak RSS")
+    p.add_argument("--limit-mb", type=float, help="stop a conversion whose RSS passes this")
     p.add_argument("--keep", help="folder to keep the ONNX files in (default: a temp folder)")
     args = p.parse_args(argv)
 
@@ -188,21 +199,30 @@ def main(argv: list[str] | None = None) -> int:
             variant, _, pb = item.partition("=")
             pb = Path(pb)
             io = pb_io(pb)
-            base = None
+            runs = {}
             for path in paths:
                 out = out_dir / f"{variant}.{path}.onnx"
-                r = convert_in_child(path, pb, out, io, args.opset)
-                model = onnx.load(str(out))
-                digest, mb = graph_digest(model), weights_mb(model)
-                del model
-                sha = hashlib.sha256(out.read_bytes()).hexdigest()[:12]
-                if base is None:
-                    base = (r, digest)
-                same = "yes" if digest == base[1] else "NO"
-                ok &= digest == base[1]
-                print(f"| {variant} | {mb:.1f} | {path} | {r['peak_mb']:.0f} | {r['seconds']:.1f} "
-                      f"| {r['peak_mb'] / base[0]['peak_mb']:.2f}x | {r['peak_mb'] / mb:.1f}x "
-                      f"| {same} | {sha}… |", flush=True)  # fmt: skip
+                runs[path] = r = convert_in_child(path, pb, out, io, args.opset, args.limit_mb)
+                if not r["stopped"]:
+                    model = onnx.load(str(out))
+                    r["digest"], r["weights_mb"] = graph_digest(model), weights_mb(model)
+                    del model
+                    r["sha"] = hashlib.sha256(out.read_bytes()).hexdigest()[:12] + "…"
+            done = [r for r in runs.values() if not r["stopped"]]
+            mb = done[0]["weights_mb"] if done else float("nan")
+            base = runs[paths[0]]
+            for path, r in runs.items():
+                more = ">" if r["stopped"] else ""
+                vs = r["peak_mb"] / base["peak_mb"]
+                vs_text = f"{'<' if base['stopped'] and not r['stopped'] else more}{vs:.2f}x"
+                if r["stopped"] or base["stopped"]:
+                    same = "(stopped at the limit)"
+                else:
+                    same = "yes" if r["digest"] == base["digest"] else "NO"
+                    ok &= r["digest"] == base["digest"]
+                print(f"| {variant} | {mb:.1f} | {path} | {more}{r['peak_mb']:.0f} "
+                      f"| {more}{r['seconds']:.1f} | {vs_text} | {more}{r['peak_mb'] / mb:.1f}x "
+                      f"| {same} | {r.get('sha', '')} |", flush=True)  # fmt: skip
                 if args.phases:
                     print("|  |  | phases: " + ", ".join(
                         f"{n} {mb_:.0f}" for n, mb_ in r["phases"]) + " MB |  |  |  |  |  |  |",
