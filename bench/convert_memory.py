@@ -8,12 +8,12 @@ other, so every peak is that of one conversion of one model:
 
 - ``tf2onnx`` (the baseline, measured in the same run): ``tf2onnx.convert.from_graph_def`` +
   ``onnx.checker.check_model`` + ``onnx.save``, what ``trtflow convert`` did before;
-- ``trtflow``: ``trtflow.convert.convert_pb_to_onnx``, the stage itself (manifest included).
+- ``trtflow``: ``trtflow.stages.convert.convert_pb_to_onnx``, the stage itself (manifest included).
 
 Prints the CPU, then one row per variant and path: the weights (bytes of the ONNX
 initializers), the child's peak RSS (``ru_maxrss`` from ``wait4``), its wall time, peak / the
 baseline's peak, peak / weights, and whether the two ONNX files compute the same
-(``trtflow.convert.graph_digest``: bit-identical nodes, attributes, I/O and weights; tf2onnx
+(``trtflow.onnx.io.graph_digest``: bit-identical nodes, attributes, I/O and weights; tf2onnx
 names the constants it merges differently from run to run, so the file's sha256 is printed
 but not compared). ``--phases`` adds each phase's peak RSS, sampled every 10 ms from this
 process through ``/proc/<pid>/status``. Exits 1 if two paths' ONNX differ.
@@ -84,7 +84,7 @@ logging.getLogger("trtflow").addHandler(Marks())
 logging.getLogger("trtflow").setLevel(logging.INFO)
 import tensorflow, tf2onnx
 sys.stderr.write("@@phase import\n"); sys.stderr.flush()
-from trtflow.convert import convert_pb_to_onnx
+from trtflow.stages.convert import convert_pb_to_onnx
 convert_pb_to_onnx(pb, out, inp, outp, int(opset))
 sys.stderr.write("@@phase check_model+save\n"); sys.stderr.flush()
 """
@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
 
-    from trtflow.convert import graph_digest
-    from trtflow.cpu import cpu_label
+    from trtflow.onnx.io import graph_digest
+    from trtflow.core.cpu import cpu_label
 
     paths = args.paths.split(",")
     print(f"CPU: {cpu_label()}, {os.cpu_count()} cores; python {sys.version.split()[0]}")

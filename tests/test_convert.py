@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from tests import onnx_factory as factory
-from trtflow.convert import graph_digest
+from trtflow.onnx.io import graph_digest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ if how == "tf2onnx":
     onnx.checker.check_model(model)
     onnx.save(model, out)
 else:
-    from trtflow.convert import convert_pb_to_onnx
+    from trtflow.stages.convert import convert_pb_to_onnx
     convert_pb_to_onnx(pb, out, "x:0", "Identity:0", 17)
 """
 

@@ -1,4 +1,4 @@
-"""Tests of trtflow.patches: each patch on a tiny generated ONNX model, checked on the graph and
+"""Tests of trtflow.onnx.patches: each patch on a tiny generated ONNX model, checked on the graph
 on ONNX Runtime outputs, plus the default recipe on a real tf2onnx conversion of a Keras model."""
 
 from __future__ import annotations
@@ -15,20 +15,11 @@ import yaml
 from onnx import numpy_helper
 
 from tests import onnx_factory as factory
-from trtflow.config import default_recipe
-from trtflow.errors import TrtflowError
-from trtflow.patches import (
-    NMS_BOXES,
-    NMS_OP,
-    NMS_OUTPUTS,
-    NMS_SCORES,
-    PATCHES,
-    PatchOptions,
-    apply_patches,
-    describe_patches,
-    io_contract,
-    strip_nms,
-)
+from trtflow.core.config import default_recipe
+from trtflow.core.errors import TrtflowError
+from trtflow.onnx.io import io_contract
+from trtflow.onnx.patches.registry import PATCHES, PatchOptions, apply_patches, describe_patches
+from trtflow.onnx.plugins import NMS_BOXES, NMS_OP, NMS_OUTPUTS, NMS_SCORES, strip_nms
 
 DEFAULT_RECIPE = default_recipe()
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
@@ -75,7 +66,7 @@ def contract(model: onnx.ModelProto) -> dict[str, dict]:
 
 def test_registry_matches_config_schema_enum():
     schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
-    assert list(PATCHES) == schema["$defs"]["patch_name"]["enum"]
+    assert sorted(PATCHES) == sorted(schema["$defs"]["patch_name"]["enum"])
     descriptions = describe_patches()
     assert list(descriptions) == list(PATCHES)
     assert all(isinstance(d, str) and len(d) > 10 for d in descriptions.values())
@@ -139,7 +130,7 @@ def test_nchw_input_handles_several_transposes_and_an_nhwc_consumer():
 
 def test_nchw_input_leaves_an_nchw_model_alone(caplog):
     model = factory.tiny_detector(nhwc=False)
-    with caplog.at_level("INFO", logger="trtflow.patches"):
+    with caplog.at_level("INFO", logger="trtflow.onnx.patches"):
         patched, report = apply_patches(model, ["nchw_input"], OPTIONS)
     assert report[0]["changes"] == []
     assert ops(patched) == ops(model)
@@ -157,7 +148,7 @@ def test_nchw_input_states_an_nhwc_input_it_cannot_transpose(caplog):
     y = gs.Variable("y:0", np.float32, [1, 3])
     mean = gs.Node("ReduceMean", "mean", {"axes": [1, 2], "keepdims": 0}, [x], [y])
     model = gs.export_onnx(gs.Graph(nodes=[mean], inputs=[x], outputs=[y], opset=17))
-    with caplog.at_level("INFO", logger="trtflow.patches"):
+    with caplog.at_level("INFO", logger="trtflow.onnx.patches"):
         patched, report = apply_patches(model, ["nchw_input"], OPTIONS)
     assert report[0]["changes"] == [] and contract(patched) == contract(model)
     (record,) = [r for r in caplog.records if "nchw_input: input" in r.getMessage()]
@@ -176,9 +167,9 @@ def test_nchw_input_states_an_nhwc_input_it_cannot_transpose(caplog):
      ([1, 64, 64], "unknown"), (None, "unknown")],
 )  # fmt: skip
 def test_image_layout(shape, layout):
-    from trtflow.patches import image_layout
+    from trtflow.onnx.io import explain_image_layout
 
-    assert image_layout(shape, 64)[0] == layout
+    assert explain_image_layout(shape, 64)[0] == layout
 
 
 # --- fix_batch -------------------------------------------------------------------------------
@@ -224,7 +215,7 @@ def test_fix_batch_fixed_int():
     ],
 )
 def test_batch_free_reshape_target(shape, data_shape, expected):
-    from trtflow.patches import _batch_free_reshape
+    from trtflow.onnx.patches.batch import _batch_free_reshape
 
     assert _batch_free_reshape(np.array(shape), data_shape, allowzero=False) == expected
 
@@ -288,7 +279,7 @@ def test_drop_noops_rewires_consumers_and_keeps_the_output_name():
     ],
 )
 def test_broadcast_is_identity(x_shape, c_shape, identity):
-    from trtflow.patches import _broadcast_is_identity
+    from trtflow.onnx.patches.cleanup import _broadcast_is_identity
 
     assert _broadcast_is_identity(x_shape, c_shape) is identity
 
@@ -477,7 +468,7 @@ def test_lean_decode_on_the_builtin_yolov5_is_bit_identical():
     import tensorflow as tf
     import tf2onnx
 
-    from trtflow.yolov5 import build_yolov5
+    from trtflow.tf.yolov5 import build_yolov5
 
     size = 64
     keras_model = build_yolov5("n", 3, size)
