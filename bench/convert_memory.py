@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
 
-    from trtflow.onnx.io import graph_digest
     from trtflow.core.cpu import cpu_label
+    from trtflow.onnx.io import graph_digest
 
     paths = args.paths.split(",")
     print(f"CPU: {cpu_label()}, {os.cpu_count()} cores; python {sys.version.split()[0]}")

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from trtflow.errors import is_disk_full
+from trtflow.core.errors import is_disk_full
 
 log = logging.getLogger(__name__)
 

@@ -221,4 +221,3 @@ def convert_pb_to_onnx(
         },
         manifest_path=manifest_path,
     )
-
