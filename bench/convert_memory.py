@@ -8,6 +8,9 @@ other, so every peak is that of one conversion of one model:
 
 - ``tf2onnx`` (the baseline, measured in the same run): ``tf2onnx.convert.from_graph_def`` +
   ``onnx.checker.check_model`` + ``onnx.save``, what ``trtflow convert`` did before;
+- ``tf2onnx-gc``: the same with Python's collector tuned (``gc.freeze`` after the imports,
+  low thresholds) so that it runs full collections often: tf2onnx untouched, a reference for
+  the variants whose plain conversion does not fit the machine;
 - ``trtflow``: ``trtflow.stages.convert.convert_pb_to_onnx``, the stage itself (manifest included).
 
 Prints the CPU, then one row per variant and path: the weights (bytes of the ONNX
@@ -16,12 +19,18 @@ baseline's peak, peak / weights, and whether the two ONNX files compute the same
 (``trtflow.onnx.io.graph_digest``: bit-identical nodes, attributes, I/O and weights; tf2onnx
 names the constants it merges differently from run to run, so the file's sha256 is printed
 but not compared). ``--phases`` adds each phase's peak RSS, sampled every 10 ms from this
-process through ``/proc/<pid>/status``. Exits 1 if two paths' ONNX differ.
+process through ``/proc/<pid>/status`` (a phase is named by the mark that ends it). A child
+whose RSS passes ``--limit-mb``, or that leaves the machine less than 1.5 GB available, is
+stopped: its row shows ``>`` the RSS it had reached. Exits 1 if two paths' ONNX differ.
+
+The pbs are ``export_pb``'s (``snakemake results/pb/<model>/<size>/model.pb`` with the
+variants in the zoo); the input/output names come from the manifest beside each pb.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -57,6 +66,10 @@ ends(tf_loader, "freeze_session", "freeze_session")
 ends(tf_loader, "tf_optimize", "grappler")
 ends(convert, "process_tf_graph", "process_tf_graph")
 ends(optimizer, "optimize_graph", "optimize_graph")
+if os.environ.get("TRTFLOW_BENCH_FREQUENT_GC"):
+    import gc
+    gc.freeze()  # TF's objects out of the collector's counts: full collections come often
+    gc.set_threshold(100, 2, 2)
 mark("import")
 gd = tf.compat.v1.GraphDef()
 gd.ParseFromString(open(pb, "rb").read())
@@ -89,7 +102,11 @@ convert_pb_to_onnx(pb, out, inp, outp, int(opset))
 sys.stderr.write("@@phase check_model+save\n"); sys.stderr.flush()
 """
 
-CHILDREN = {"tf2onnx": BASELINE, "trtflow": TRTFLOW}
+CHILDREN = {"tf2onnx": BASELINE, "tf2onnx-gc": BASELINE, "trtflow": TRTFLOW}
+#: tf2onnx-gc: tf2onnx untouched, only Python's collector tuned to run full collections often,
+#: so the graph copies are freed: a reference for variants whose plain tf2onnx conversion does
+#: not fit the machine (the collector's schedule changes no result).
+CHILD_ENV = {"tf2onnx-gc": {"TRTFLOW_BENCH_FREQUENT_GC": "1"}}
 
 
 def _rss_kb(pid: int) -> int:
@@ -103,14 +120,30 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+#: A conversion is also stopped when the machine has less memory than this left for others.
+MIN_AVAILABLE_MB = 1500
+
+
+def _available_mb() -> float:
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    return float("inf")
+
+
 def convert_in_child(
     path: str, pb: Path, out: Path, io: dict, opset: int, limit_mb: float | None = None
 ) -> dict:
     """Run one conversion in a fresh process; its peak RSS, wall time and phase peaks (the
-    child is killed when its RSS passes ``limit_mb``: ``stopped`` is then True)."""
+    child is killed when its RSS passes ``limit_mb`` or the machine's available memory drops
+    below ``MIN_AVAILABLE_MB``: ``stopped`` is then True)."""
     argv = [sys.executable, "-c", CHILDREN[path], str(pb), str(out), io["input_name"],
             io["output_name"], str(opset)]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **CHILD_ENV.get(path, {})
+    )
     started = time.time()
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=env)  # fmt: skip
@@ -136,7 +169,9 @@ def convert_in_child(
             break
         rss = _rss_kb(proc.pid)
         phases[-1][1] = max(phases[-1][1], rss)
-        if limit_mb and rss > limit_mb * 1024 and not stopped:
+        if (limit_mb and rss > limit_mb * 1024 or _available_mb() < MIN_AVAILABLE_MB) and (
+            not stopped
+        ):
             proc.kill()
             stopped = True
         time.sleep(0.01)

@@ -38,9 +38,9 @@ class _Collecting(OrderedDict):
     ``optimize_graph`` deep-copies the whole graph (weights included) before each optimizer so
     that a failing one can be skipped; the graph the copy replaces sits in a reference cycle
     (graph <-> nodes) that only Python's cyclic collector frees, and weight buffers do not
-    count towards its thresholds, so the copies piled up: 24 of them for YOLOv5, 16 GB for
-    yolov5x. Collecting as the loop asks for the next optimizer, before it copies, leaves two.
-    """
+    count towards its thresholds, so the copies piled up: 24 of them for YOLOv5, past 17 GB
+    for yolov5x. Collecting as the loop asks for the next optimizer, before it copies, leaves
+    two."""
 
     def items(self) -> Any:  # type: ignore[override]
         for item in super().items():
@@ -83,8 +83,9 @@ def _meta_graph_bytes(pb: str | Path, fetch: list[str]) -> bytes:
 
 
 class _Serialized:
-    """A message already serialized: what ``tf_optimizer.OptimizeGraph`` takes (it only calls
-    ``SerializeToString``), so grappler gets the bytes without a protobuf object behind them."""
+    """A message already serialized: what ``tf_optimizer.OptimizeGraph`` takes (in open-source
+    TensorFlow it only calls ``SerializeToString``), so grappler gets the bytes without a
+    protobuf object behind them."""
 
     def __init__(self, data: bytes) -> None:
         self._data = data
@@ -186,7 +187,7 @@ def convert_pb_to_onnx(
     started = time.time()
     try:
         model_proto = pb_to_onnx_proto(pb, input_name, output_name, opset)
-    except TrtflowError:
+    except (TrtflowError, MemoryError):
         raise
     except Exception as exc:
         raise TrtflowError(
