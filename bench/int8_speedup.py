@@ -4,11 +4,11 @@
         --int8 results/int8/yolov5s/640/model.qdq.onnx --threads 1,2 --batch 1,4
 
 Both models run in ONNX Runtime (CPU) with the same session options and threads, timed in
-alternation (trtflow.int8_bench.compare_speed: one fp32 run, one INT8 run, repeated, each after
+alternation (trtflow.quant.kernels.compare_speed: one fp32 run, one INT8 run, repeated, each after
 a 50 ms pause; ONNX Runtime's default thread spinning unless --no-spinning). The fp32 model is
 the baseline measured in the same run. Prints one table row per (threads, batch, model) and the
 speedup (fp32 p50 / INT8 p50) with the CPU form of the INT8 model that was timed (the
-fastest whose integer kernels are exact on this CPU: trtflow.int8_bench.cpu_form); exits 1
+fastest whose integer kernels are exact on this CPU: trtflow.quant.kernels.cpu_form); exits 1
 if any speedup is below --min-speedup.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trtflow.cpu import cpu_label  # noqa: E402
-from trtflow.int8_bench import compare_speed  # noqa: E402
+from trtflow.core.cpu import cpu_label  # noqa: E402
+from trtflow.quant.kernels import compare_speed  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:

@@ -22,10 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build(tmp: Path, variant: str, image_size: int) -> tuple[Path, Path, Path, dict]:
-    from trtflow.config import default_recipe
-    from trtflow.convert import convert_pb_to_onnx
-    from trtflow.export import export_pb, export_saved_model
-    from trtflow.patch import patch_onnx
+    from trtflow.core.config import default_recipe
+    from trtflow.stages.convert import convert_pb_to_onnx
+    from trtflow.stages.export import export_pb, export_saved_model
+    from trtflow.stages.patch import patch_onnx
 
     sm = export_saved_model(tmp / "saved_model", "builtin", image_size, variant, 80, 0)
     man = export_pb(sm, tmp / "model.pb", "builtin", image_size)
@@ -49,9 +49,10 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    from trtflow.bench import make_session, percentiles
-    from trtflow.parity import errors, make_inputs
-    from trtflow.tfgraph import FrozenGraphRunner
+    from trtflow.core.stats import percentiles
+    from trtflow.onnx.compare import errors, make_inputs
+    from trtflow.onnx.ort import make_session
+    from trtflow.tf.graph import FrozenGraphRunner
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.time()
@@ -80,7 +81,7 @@ def main() -> None:
                 lat[k].append((time.perf_counter() - t) * 1e3)
 
     ref = outs["tensorflow (frozen pb)"]
-    from trtflow.cpu import cpu_label
+    from trtflow.core.cpu import cpu_label
 
     print(f"\nCPU: {cpu_label()}; threads={args.threads} rounds={args.rounds} batch=1 "
           f"cpu_count={os.cpu_count()}")  # fmt: skip

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
-from trtflow.codehash import code_hash as _code_hash  # noqa: E402
-from trtflow.config import validate_config  # noqa: E402
-from trtflow.errors import TrtflowError  # noqa: E402
+from trtflow.core.codehash import script_hash as _script_hash  # noqa: E402
+from trtflow.core.config import validate_config  # noqa: E402
+from trtflow.core.errors import TrtflowError  # noqa: E402
 
 # The keys each model entry sets itself (before the schema fills defaults): a value the
 # config gives always overrides what trtflow discovers about a user's model.
@@ -103,15 +103,16 @@ wildcard_constraints:
 
 
 # ---------------------------------------------------------------- code that scripts import
-# Snakemake does not notice edits to modules a script imports; each rule passes a hash of its
-# stage module's import closure (computed from the imports, trtflow/codehash.py) as a param,
-# so a code change reruns exactly the stages that run that code.
-def code_hash(*modules):
-    return _code_hash("errors", *modules)
+# Snakemake does not notice edits to modules a script imports; each rule passes a hash of the
+# trtflow code its script runs (scripts/<rule>.py -> its stage function -> the import closure of
+# what that function uses, computed from the imports: trtflow/core/codehash.py) as a param, so
+# a code change reruns exactly the rules that run it.
+def code_hash(rule):
+    return _script_hash(REPO / "scripts" / f"{rule}.py")
 
 
 # ---------------------------------------------------------------- zoo expansion
-from trtflow.pbinfo import image_input  # noqa: E402  (pure Python: no TensorFlow)
+from trtflow.tf.pbinfo import image_input  # noqa: E402  (pure Python: no TensorFlow)
 
 
 def configured(model, key):
@@ -296,7 +297,7 @@ def get_int8_gate_inputs(wildcards):
 
 # ---------------------------------------------------------------- engines (TensorRT targets)
 # Pure lookups in the config: no TensorRT import, so `snakemake -n engine` works on any host.
-from trtflow.targets import (  # noqa: E402
+from trtflow.trt.targets import (  # noqa: E402
     HOW_TO_CONFIGURE,
     NOT_RUN_HERE,
     build_relevant,

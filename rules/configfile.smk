@@ -7,8 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from trtflow.config import read_yaml  # noqa: E402
-from trtflow.errors import TrtflowError  # noqa: E402
+from trtflow.core.config import read_yaml  # noqa: E402
+from trtflow.core.errors import TrtflowError  # noqa: E402
 
 
 def check_config_files():

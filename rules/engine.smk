@@ -21,7 +21,7 @@ rule preflight_engine:
         host_role=ROLE_CONVERT,
     params:
         preflight=get_preflight_params,
-        code=code_hash("preflight", "targets", "manifest", "rtx"),
+        code=code_hash("preflight_engine"),
     script:
         "../scripts/preflight_engine.py"
 
@@ -47,7 +47,7 @@ rule build_engine:
         target=get_target_params,
         build=get_build_params,
         timing_cache=get_timing_cache,
-        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python", "rtx", "manifest"),
+        code=code_hash("build_engine"),
     script:
         "../scripts/build_engine.py"
 
@@ -69,7 +69,7 @@ rule benchmark_engine:
     params:
         target=get_target_params,
         bench=get_benchmark_engine_params,
-        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python"),
+        code=code_hash("benchmark_engine"),
     script:
         "../scripts/benchmark_engine.py"
 
@@ -93,6 +93,6 @@ rule check_engine_parity:
         target=get_target_params,
         tolerance=get_engine_tolerance,
         seed=config["engine"]["parity"]["seed"],
-        code=code_hash("engine", "targets", "trtexec", "stats", "trt_python", "parity", "bench"),
+        code=code_hash("check_engine_parity"),
     script:
         "../scripts/check_engine_parity.py"

@@ -1,4 +1,4 @@
-# Stage "patch" [convert host]: the model's patch recipe (trtflow.patches) on the raw ONNX.
+# Stage "patch" [convert host]: the model's patch recipe (trtflow.onnx.patches) on the raw ONNX.
 
 
 rule patch_onnx:
@@ -18,6 +18,6 @@ rule patch_onnx:
         host_role=ROLE_CONVERT,
     params:
         patch=get_patch_params,
-        code=code_hash("patch", "patches", "discover", "manifest"),
+        code=code_hash("patch_onnx"),
     script:
         "../scripts/patch_onnx.py"

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule benchmark_engine -> trtflow.engine.benchmark_engine."""
+"""Snakemake adapter of rule benchmark_engine -> trtflow.stages.engine.benchmark_engine."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.engine import benchmark_engine
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.engine import benchmark_engine
 
     target = smk.wildcards.target
     b = smk.params.bench

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule benchmark_int8 -> trtflow.int8_bench.benchmark_int8."""
+"""Snakemake adapter of rule benchmark_int8 -> trtflow.stages.quantize.benchmark_int8."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.int8_bench import benchmark_int8
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.quantize import benchmark_int8
 
     b = smk.params.bench
     run_stage(

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule benchmark_onnx -> trtflow.bench.benchmark_onnx."""
+"""Snakemake adapter of rule benchmark_onnx -> trtflow.stages.benchmark.benchmark_onnx."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.bench import benchmark_onnx
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.benchmark import benchmark_onnx
 
     b = smk.params.bench
     run_stage(

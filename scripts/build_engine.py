@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule build_engine -> trtflow.engine.build_engine.
+"""Snakemake adapter of rule build_engine -> trtflow.stages.engine.build_engine.
 
 The target's connection details (host, user, port, trtexec path) come from the config, not
 from params, so that moving a device to a new address does not rebuild its engines.
@@ -10,8 +10,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.engine import build_engine
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.engine import build_engine
 
     target = smk.wildcards.target
     b = smk.params.build

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule check_engine_parity -> trtflow.engine.check_engine_parity."""
+"""Snakemake adapter of rule check_engine_parity -> trtflow.stages.engine.check_engine_parity."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.engine import check_engine_parity
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.engine import check_engine_parity
 
     target = smk.wildcards.target
     run_stage(

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule check_gates -> trtflow.gates.check_gates."""
+"""Snakemake adapter of rule check_gates -> trtflow.stages.report.check_gates."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.gates import check_gates
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.report import check_gates
 
     run_stage(
         lambda: check_gates(list(smk.input.gates), smk.output.gates),

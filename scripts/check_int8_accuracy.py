@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule check_int8_accuracy -> trtflow.int8_gate.check_int8_accuracy."""
+"""Snakemake adapter of rule check_int8_accuracy -> trtflow.stages.quantize.check_int8_accuracy."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.int8_gate import check_int8_accuracy
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.quantize import check_int8_accuracy
 
     g = smk.params.gate
     images, annotations = smk.input.get("eval_images"), smk.input.get("eval_annotations")

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule check_parity -> trtflow.parity.check_parity."""
+"""Snakemake adapter of rule check_parity -> trtflow.stages.parity.check_parity."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.parity import check_parity
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.parity import check_parity
 
     p = smk.params.parity
     run_stage(

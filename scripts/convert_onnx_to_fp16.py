@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule convert_onnx_to_fp16 -> trtflow.fp16.convert_onnx_to_fp16."""
+"""Snakemake adapter of rule convert_onnx_to_fp16 -> trtflow.stages.fp16.convert_onnx_to_fp16."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.fp16 import convert_onnx_to_fp16
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.fp16 import convert_onnx_to_fp16
 
     run_stage(
         lambda: convert_onnx_to_fp16(

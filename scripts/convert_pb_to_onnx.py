@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule convert_pb_to_onnx -> trtflow.convert.convert_pb_to_onnx."""
+"""Snakemake adapter of rule convert_pb_to_onnx -> trtflow.stages.convert.convert_pb_to_onnx."""
 
 import sys
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.convert import convert_pb_to_onnx
-    from trtflow.export import pb_io
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.convert import convert_pb_to_onnx
+    from trtflow.tf.freeze import pb_io
 
     def stage():
         io = pb_io(smk.input.pb_manifest)

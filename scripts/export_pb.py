@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule export_pb -> trtflow.export.export_pb."""
+"""Snakemake adapter of rule export_pb -> trtflow.stages.export.export_pb."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.export import export_pb
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.export import export_pb
 
     m = smk.params.model
     run_stage(

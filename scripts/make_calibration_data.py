@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule make_calibration_data -> trtflow.calib.make_calibration_data."""
+"""Snakemake adapter of rule make_calibration_data -> trtflow.stages.quantize."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.calib import make_calibration_data
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.quantize import make_calibration_data
 
     c = smk.params.calib
     run_stage(

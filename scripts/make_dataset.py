@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule make_dataset -> trtflow.dataset.make_dataset."""
+"""Snakemake adapter of rule make_dataset -> trtflow.stages.train.make_dataset."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.dataset import make_dataset
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.train import make_dataset
 
     d = smk.params.dataset
     run_stage(

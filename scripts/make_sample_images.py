@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule make_sample_images -> trtflow.calib.make_sample_images."""
+"""Snakemake adapter of rule make_sample_images -> trtflow.stages.quantize.make_sample_images."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.calib import make_sample_images
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.quantize import make_sample_images
 
     run_stage(
         lambda: make_sample_images(

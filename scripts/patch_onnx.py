@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule patch_onnx -> trtflow.patch.patch_onnx."""
+"""Snakemake adapter of rule patch_onnx -> trtflow.stages.patch.patch_onnx."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.patch import patch_onnx
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.patch import patch_onnx
 
     p = smk.params.patch
     run_stage(

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule preflight_engine -> trtflow.preflight.preflight."""
+"""Snakemake adapter of rule preflight_engine -> trtflow.stages.engine.preflight."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.preflight import preflight
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.engine import preflight
 
     p = smk.params.preflight
     run_stage(

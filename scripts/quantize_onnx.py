@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule quantize_onnx -> trtflow.quantize.quantize_onnx."""
+"""Snakemake adapter of rule quantize_onnx -> trtflow.stages.quantize.quantize_onnx."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.quantize import quantize_onnx
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.quantize import quantize_onnx
 
     q = smk.params.int8
     run_stage(

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule render_engine_summary -> trtflow.summary.render_engine_summary."""
+"""Snakemake adapter of rule render_engine_summary -> trtflow.stages.report."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.runner import run_stage
-    from trtflow.summary import render_engine_summary
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.report import render_engine_summary
 
     run_stage(
         lambda: render_engine_summary(

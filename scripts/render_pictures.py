@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule render_pictures -> trtflow.pictures.render_pictures."""
+"""Snakemake adapter of rule render_pictures -> trtflow.stages.pictures.render_pictures."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.pictures import render_pictures
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.pictures import render_pictures
 
     images, annotations = smk.input.get("eval_images"), smk.input.get("eval_annotations")
     if smk.input.get("dataset"):  # the built-in shapes set's validation split

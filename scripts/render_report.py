@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule render_report -> trtflow.report.render_report."""
+"""Snakemake adapter of rule render_report -> trtflow.stages.report.render_report."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,9 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.report import PLOTS, render_report
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.reporting.pages import PLOTS
+    from trtflow.stages.report import render_report
 
     results = ("patched_manifests", "parity", "bench", "int8_manifests", "int8_bench",
                "int8_gate", "engine_manifests", "engine_bench", "engine_parity")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule render_summary -> trtflow.summary.render_summary."""
+"""Snakemake adapter of rule render_summary -> trtflow.stages.report.render_summary."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.runner import run_stage
-    from trtflow.summary import render_summary
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.report import render_summary
 
     run_stage(
         lambda: render_summary(

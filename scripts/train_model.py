@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule train_model -> trtflow.train.train_yolov5."""
+"""Snakemake adapter of rule train_model -> trtflow.stages.train.train_yolov5."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.runner import run_stage
-    from trtflow.train import train_yolov5
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.train import train_yolov5
 
     t = smk.params.train
     run_stage(

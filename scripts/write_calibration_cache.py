@@ -1,4 +1,4 @@
-"""Snakemake adapter of rule write_calibration_cache -> trtflow.quantize."""
+"""Snakemake adapter of rule write_calibration_cache -> trtflow.quant.qdq."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
-    from trtflow.quantize import write_trt_calibration_cache
-    from trtflow.runner import run_stage
+    from trtflow.core.runner import run_stage
+    from trtflow.stages.quantize import write_trt_calibration_cache
 
     run_stage(
         lambda: write_trt_calibration_cache(

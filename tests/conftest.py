@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trtflow.config import default_recipe
+from trtflow.core.config import default_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -110,7 +110,7 @@ def write_images(folder: str | Path, count: int, seed: int = 0) -> list[Path]:
     """``count`` small generated scenes (alternating JPEG/PNG, mixed sizes) in ``folder``."""
     from PIL import Image
 
-    from trtflow.calib import scene
+    from trtflow.images.scenes import scene
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

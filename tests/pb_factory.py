@@ -43,7 +43,7 @@ def other_exporter_pb(
         convert_variables_to_constants_v2,
     )
 
-    from trtflow.yolov5 import ANCHORS, STRIDES, build_yolov5
+    from trtflow.tf.yolov5 import ANCHORS, STRIDES, build_yolov5
 
     model = build_yolov5(variant, classes, image_size, seed)
     heads = keras.Model(model.inputs, model.get_layer("output0").input)

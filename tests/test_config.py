@@ -6,8 +6,8 @@ import pytest
 import yaml
 from conftest import REPO, tiny_config, tiny_model
 
-from trtflow.config import default_recipe, load_config, validate_config
-from trtflow.errors import TrtflowError
+from trtflow.core.config import default_recipe, load_config, validate_config
+from trtflow.core.errors import TrtflowError
 
 
 def test_default_config_is_valid_and_defaults_filled():

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli, tiny_config
 from pb_factory import builtin_rows_as_y_x_anchor, classifier_pb, other_exporter_pb
 
-from trtflow.errors import TrtflowError
+from trtflow.core.errors import TrtflowError
 
 SIZE = 64
 
@@ -42,7 +42,8 @@ def _graph_pb(path, *shapes, const_mib=0):
 
 
 def test_pbinfo_reads_placeholders_like_tensorflow(tmp_path, other_pb):
-    from trtflow import pbinfo, tfgraph
+    from trtflow.tf import graph as tfgraph
+    from trtflow.tf import pbinfo
 
     cases = {
         "nhwc_dynamic": [[None, 96, 96, 3]],
@@ -69,7 +70,7 @@ def test_pbinfo_reads_placeholders_like_tensorflow(tmp_path, other_pb):
 
 
 def test_pbinfo_refuses_what_is_not_a_graph(tmp_path):
-    from trtflow import pbinfo
+    from trtflow.tf import pbinfo
 
     bad = tmp_path / "bad.pb"
     bad.write_bytes(np.random.default_rng(0).bytes(512))
@@ -87,7 +88,7 @@ def test_common_smk_imports_no_tensorflow():
     import sys
 
     code = (
-        "import sys, trtflow.pbinfo; "
+        "import sys, trtflow.tf.pbinfo; "
         "heavy = {'tensorflow', 'onnx', 'onnxruntime', 'tensorrt'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
@@ -99,7 +100,7 @@ def test_common_smk_imports_no_tensorflow():
 
 def _decoded(layout: str, size: int = SIZE, classes: int = 2, seed: int = 0) -> np.ndarray:
     """YOLOv5-decoded rows [2, N, 5+C] in pixels, ordered ``layout``, from random sigmoids."""
-    from trtflow.discover import _cells
+    from trtflow.tf.discover import _cells
 
     cells = _cells(layout, size, 3)
     s = np.random.default_rng(seed).random((2, len(cells), 5 + classes))
@@ -110,7 +111,7 @@ def _decoded(layout: str, size: int = SIZE, classes: int = 2, seed: int = 0) -> 
 
 
 def test_channels_first_output_is_refused():
-    from trtflow.discover import check_rows
+    from trtflow.tf.discover import check_rows
 
     with pytest.raises(TrtflowError) as err:
         check_rows((1, 7, 252), SIZE, "m.pb: output Identity:0")
@@ -120,7 +121,7 @@ def test_channels_first_output_is_refused():
 
 
 def test_box_format_from_box_centres():
-    from trtflow.discover import discover_box_format
+    from trtflow.tf.discover import discover_box_format
 
     y = _decoded("anchor_y_x")
     assert discover_box_format(y).value == "pixels"
@@ -134,7 +135,7 @@ def test_box_format_from_box_centres():
 
 @pytest.mark.parametrize("layout", ["anchor_y_x", "y_x_anchor"])
 def test_decode_layout_from_box_centres(layout):
-    from trtflow.discover import discover_decode_layout
+    from trtflow.tf.discover import discover_decode_layout
 
     y = _decoded(layout)
     assert discover_decode_layout(y, SIZE, "pixels").value == layout
@@ -146,8 +147,8 @@ def test_decode_layout_from_box_centres(layout):
 
 
 def test_test_pb_is_the_builtin_model_reordered_and_normalised(other_pb):
-    from trtflow.tfgraph import FrozenGraphRunner
-    from trtflow.yolov5 import build_yolov5
+    from trtflow.tf.graph import FrozenGraphRunner
+    from trtflow.tf.yolov5 import build_yolov5
 
     x = np.random.default_rng(0).random((2, SIZE, SIZE, 3), dtype=np.float32)
     runner = FrozenGraphRunner(other_pb, "x:0", "Identity:0")
@@ -162,7 +163,7 @@ def test_test_pb_is_the_builtin_model_reordered_and_normalised(other_pb):
 
 
 def test_export_pb_discovers_and_records(tmp_path, other_pb):
-    from trtflow.export import export_pb
+    from trtflow.stages.export import export_pb
 
     man = export_pb(other_pb, tmp_path / "model.pb", "pb", None)
     found = man["discovery"]
@@ -177,7 +178,7 @@ def test_export_pb_discovers_and_records(tmp_path, other_pb):
 
 
 def test_builtin_model_is_discovered_as_pixels_anchor_y_x(tmp_path):
-    from trtflow.export import export_pb, export_saved_model
+    from trtflow.stages.export import export_pb, export_saved_model
 
     sm = export_saved_model(tmp_path / "sm", "builtin", SIZE, "n", 2)
     found = export_pb(sm, tmp_path / "model.pb", "builtin", SIZE)["discovery"]
@@ -187,8 +188,8 @@ def test_builtin_model_is_discovered_as_pixels_anchor_y_x(tmp_path):
 
 
 def test_nchw_pb_is_probed_in_its_own_layout(tmp_path):
-    from trtflow.export import export_pb
-    from trtflow.pbinfo import image_input
+    from trtflow.stages.export import export_pb
+    from trtflow.tf.pbinfo import image_input
 
     pb = other_exporter_pb(tmp_path / "nchw.pb", SIZE, nchw=True)
     assert image_input(pb).image_size == SIZE
@@ -198,10 +199,10 @@ def test_nchw_pb_is_probed_in_its_own_layout(tmp_path):
     assert man["discovery"]["decode_layout"]["value"] == "y_x_anchor"
 
     # parity feeds TF the NCHW images it takes, one at a time, and scales its 0-1 boxes
-    from trtflow.config import default_recipe
-    from trtflow.convert import convert_pb_to_onnx
-    from trtflow.parity import check_parity
-    from trtflow.patch import patch_onnx
+    from trtflow.core.config import default_recipe
+    from trtflow.stages.convert import convert_pb_to_onnx
+    from trtflow.stages.parity import check_parity
+    from trtflow.stages.patch import patch_onnx
 
     pbm = tmp_path / "model.pb.manifest.json"
     convert_pb_to_onnx(tmp_path / "model.pb", tmp_path / "raw.onnx", "x:0", "Identity:0")
@@ -213,9 +214,9 @@ def test_nchw_pb_is_probed_in_its_own_layout(tmp_path):
 
 
 def test_configured_values_override_discoveries(tmp_path, other_pb, caplog):
-    from trtflow.config import default_recipe
-    from trtflow.export import export_pb
-    from trtflow.patch import patch_onnx
+    from trtflow.core.config import default_recipe
+    from trtflow.stages.export import export_pb
+    from trtflow.stages.patch import patch_onnx
 
     man = export_pb(other_pb, tmp_path / "model.pb", "pb", 64, box_format="pixels",
                     decode_layout="anchor_y_x")  # fmt: skip
@@ -243,7 +244,7 @@ def test_configured_values_override_discoveries(tmp_path, other_pb, caplog):
 
 
 def test_configured_image_size_must_match_the_graph(tmp_path, other_pb):
-    from trtflow.export import export_pb
+    from trtflow.stages.export import export_pb
 
     with pytest.raises(TrtflowError) as err:
         export_pb(other_pb, tmp_path / "model.pb", "pb", 96)

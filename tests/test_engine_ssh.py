@@ -15,9 +15,9 @@ from engine_support import (
     tiny_patched_onnx,
 )
 
-from trtflow.engine import benchmark_engine, build_engine, check_engine_parity
-from trtflow.errors import TrtflowError
-from trtflow.transport import SshTransport
+from trtflow.core.errors import TrtflowError
+from trtflow.stages.engine import benchmark_engine, build_engine, check_engine_parity
+from trtflow.trt.transport import SshTransport
 
 pytestmark = pytest.mark.skipif(
     sshd_unavailable() is not None, reason=f"no loopback sshd: {sshd_unavailable()}"

@@ -17,11 +17,11 @@ import pytest
 from engine_support import REPO, STANDIN, make_trtexec, tiny_patched_onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from trtflow import trtexec
-from trtflow.engine import benchmark_engine, build_engine, check_engine_parity
-from trtflow.errors import TrtflowError
-from trtflow.preflight import ops_table_for, preflight
-from trtflow.targets import (
+from trtflow.core.errors import TrtflowError
+from trtflow.stages.engine import benchmark_engine, build_engine, check_engine_parity, preflight
+from trtflow.trt import trtexec
+from trtflow.trt.checks import ops_table_for
+from trtflow.trt.targets import (
     GENERATIONS,
     generation,
     parse_profile,
@@ -316,7 +316,8 @@ def test_preflight_report(tmp_path):
     r = preflight(p, tmp_path / "r.json", "8.2.1", target="nano", dynamic=True)
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["ok"] and saved["ops_table"] == "8.2"
-    assert saved["inputs"] == [{"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float"}]
+    images = {"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}
+    assert saved["inputs"] == [images]
     assert r["findings"][0]["check"] == "int64"  # the Reshape's INT64 shape: a warning on 8.2
 
 
@@ -578,7 +579,7 @@ def test_trt_python_is_mypy_clean_against_tensorrt_stubs(tmp_path):
             "--config-file",
             str(ini),
             "--strict",
-            "trtflow/trt_python.py",
+            "trtflow/trt/python_api.py",
         ],
         cwd=REPO,
         env={**os.environ, "MYPYPATH": str(stubs)},
@@ -674,7 +675,7 @@ def test_config_example_targets_validate():
     """The commented target examples of config.yaml are valid once uncommented."""
     import yaml
 
-    from trtflow.config import validate_config
+    from trtflow.core.config import validate_config
 
     text = (REPO / "config.yaml").read_text()
     block = text[text.index("\ntargets:") : text.index("\nengine:")]

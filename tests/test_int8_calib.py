@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from int8_models import write_images
 
-from trtflow import calib
-from trtflow.errors import TrtflowError
+from trtflow.core.errors import TrtflowError
+from trtflow.images.io import letterbox, list_images, load_rgb, preprocess, resize_linear
+from trtflow.stages.quantize import make_calibration_data, make_sample_images
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,24 +21,24 @@ REPO = Path(__file__).resolve().parent.parent
 def test_resize_matches_opencv_inter_linear():
     # cv2.resize(np.array([[0, 255]], np.uint8), (4, 1), interpolation=cv2.INTER_LINEAR)
     img = np.array([[0, 255]], np.uint8)[..., None].repeat(3, axis=2)
-    out = calib.resize_linear(img, 1, 4)
+    out = resize_linear(img, 1, 4)
     assert out[0, :, 0].tolist() == [0, 64, 191, 255]
     # downscaling by 2 averages pixel pairs (half-pixel centres, no antialias beyond that)
     img = np.array([[0, 100, 200, 250]], np.uint8)[..., None].repeat(3, axis=2)
-    assert calib.resize_linear(img, 1, 2)[0, :, 0].tolist() == [50, 225]
+    assert resize_linear(img, 1, 2)[0, :, 0].tolist() == [50, 225]
 
 
 def test_letterbox_like_yolov5():
     img = np.full((480, 640, 3), 7, np.uint8)
-    out, r, (dw, dh) = calib.letterbox(img, 64)
+    out, r, (dw, dh) = letterbox(img, 64)
     assert out.shape == (64, 64, 3) and r == pytest.approx(0.1)
     assert (dw, dh) == (0.0, 8.0)
     assert (out[:8] == 114).all() and (out[-8:] == 114).all()
     assert (out[8:-8] == 7).all()
     # odd padding: YOLOv5 puts round(dh - 0.1) on top and round(dh + 0.1) at the bottom
-    out, r, (dw, dh) = calib.letterbox(np.zeros((10, 64, 3), np.uint8), 64)
+    out, r, (dw, dh) = letterbox(np.zeros((10, 64, 3), np.uint8), 64)
     assert dh == 27.0 and (out[:27] == 114).all() and (out[37:] == 114).all()
-    out, _, (dw, dh) = calib.letterbox(np.zeros((64, 33, 3), np.uint8), 64)
+    out, _, (dw, dh) = letterbox(np.zeros((64, 33, 3), np.uint8), 64)
     assert dw == 15.5 and (out[:, :15] == 114).all() and (out[:, 48:] == 114).all()
     assert (out[:, 15:48] == 0).all()
 
@@ -48,7 +49,7 @@ def test_preprocess_is_nchw_rgb_unit_range(tmp_path):
     rgb = np.zeros((20, 40, 3), np.uint8)
     rgb[..., 0] = 255  # pure red
     Image.fromarray(rgb).save(tmp_path / "red.png")
-    x, r, pad = calib.preprocess(calib.load_rgb(tmp_path / "red.png"), 32)
+    x, r, pad = preprocess(load_rgb(tmp_path / "red.png"), 32)
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
     assert x[0, 16, 16] == 1.0 and x[1, 16, 16] == 0.0 and x[2, 16, 16] == 0.0
     assert x[:, 0, 0].tolist() == pytest.approx([114 / 255] * 3)
@@ -60,7 +61,7 @@ def test_load_rgb_grey_and_rgba(tmp_path):
     Image.fromarray(np.full((5, 6), 9, np.uint8), "L").save(tmp_path / "g.png")
     Image.fromarray(np.full((5, 6, 4), 9, np.uint8), "RGBA").save(tmp_path / "a.png")
     for name in ("g.png", "a.png"):
-        arr = calib.load_rgb(tmp_path / name)
+        arr = load_rgb(tmp_path / name)
         assert arr.shape == (5, 6, 3) and arr.dtype == np.uint8
 
 
@@ -70,7 +71,7 @@ def test_calibration_data_split_and_determinism(tmp_path):
 
     def run(tag, seed, sampling="random"):
         out = tmp_path / tag
-        m = calib.make_calibration_data(
+        m = make_calibration_data(
             tmp_path / "imgs", out / "calib.npy", out / "holdout.npy", 32, 4, 2, seed, sampling
         )
         return np.load(out / "calib.npy"), np.load(out / "holdout.npy"), m
@@ -120,7 +121,7 @@ def test_bad_calibration_input_is_one_clear_error(tmp_path, case, needle):
         write_images(folder, 5)
     c, h = _outputs(tmp_path)
     with pytest.raises(TrtflowError) as err:
-        calib.make_calibration_data(folder, c, h, 32, count=4, holdout=2, sampling="sorted")
+        make_calibration_data(folder, c, h, 32, count=4, holdout=2, sampling="sorted")
     msg = str(err.value)
     assert needle in msg and "fix:" in msg
     assert str(folder) in msg
@@ -145,11 +146,11 @@ def test_cli_bad_folder_exits_nonzero_with_one_line(tmp_path):
 
 
 def test_sample_images_are_deterministic_and_loadable(tmp_path):
-    calib.make_sample_images(tmp_path / "a", 4, seed=3)
-    calib.make_sample_images(tmp_path / "b", 4, seed=3)
-    files = calib.list_images(tmp_path / "a")
+    make_sample_images(tmp_path / "a", 4, seed=3)
+    make_sample_images(tmp_path / "b", 4, seed=3)
+    files = list_images(tmp_path / "a")
     assert [f.suffix for f in files] == [".jpg", ".jpg", ".png", ".jpg"]
     for f in files:
         assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
-        img = calib.load_rgb(f)
+        img = load_rgb(f)
         assert img.ndim == 3 and img.std() > 5  # a scene, not a flat colour

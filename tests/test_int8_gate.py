@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 from int8_models import SIZE, tiny_detector, write_images
 
-from trtflow import int8_gate as gate
-from trtflow.errors import TrtflowError
+from trtflow.core.errors import TrtflowError
+from trtflow.quant.accuracy import exact_runner
+from trtflow.quant.detections import coco_map, nms, postprocess, recall_at, split_outputs
+from trtflow.stages.quantize import check_int8_accuracy
 
 
 def test_nms_keeps_best_of_overlaps_per_class():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], float)
-    assert gate.nms(boxes, np.array([0.9, 0.8, 0.7]), 0.45).tolist() == [0, 2]
-    assert gate.nms(boxes, np.array([0.7, 0.8, 0.9]), 0.45).tolist() == [2, 1]
+    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.45).tolist() == [0, 2]
+    assert nms(boxes, np.array([0.7, 0.8, 0.9]), 0.45).tolist() == [2, 1]
     # the same two boxes in different classes both survive class-aware post-processing
     xywh = np.array([[5, 5, 10, 10], [6, 6, 10, 10]], float)
     scores = np.array([[0.9, 0.0], [0.0, 0.8]])
-    det = gate.postprocess(xywh, scores, score_threshold=0.5, top_k=1)
+    det = postprocess(xywh, scores, score_threshold=0.5, top_k=1)
     assert det["classes"].tolist() == [0, 1] and det["boxes"][0].tolist() == [0, 0, 10, 10]
 
 
@@ -27,9 +29,9 @@ def test_postprocess_threshold_top_k_and_min_wh():
     xywh = np.array([[10, 10, 4, 4], [30, 30, 4, 4], [50, 50, 1, 9], [70, 70, 4, 4]], float)
     scores = np.array([[0.9], [0.01], [0.95], [0.02]])
     # box 2 is narrower than min_wh; threshold keeps one, top_k tops it up to two
-    det = gate.postprocess(xywh, scores, score_threshold=0.5, top_k=2)
+    det = postprocess(xywh, scores, score_threshold=0.5, top_k=2)
     assert det["scores"].tolist() == [0.9, 0.02]
-    det = gate.postprocess(xywh, scores, score_threshold=0.0, top_k=1, max_detections=2)
+    det = postprocess(xywh, scores, score_threshold=0.0, top_k=1, max_detections=2)
     assert len(det["scores"]) == 2
 
 
@@ -42,19 +44,19 @@ def _dets(boxes, classes, scores=None):
 
 def test_coco_map_identity_shift_and_wrong_class():
     ref = [_dets([[0, 0, 20, 20], [30, 30, 60, 50]], [0, 1])]
-    assert gate.coco_map(ref, ref, 2)["map50_95"] == pytest.approx(1.0)
+    assert coco_map(ref, ref, 2)["map50_95"] == pytest.approx(1.0)
     shifted = [_dets([[3, 3, 23, 23], [33, 33, 63, 53]], [0, 1])]
-    m = gate.coco_map(ref, shifted, 2)
+    m = coco_map(ref, shifted, 2)
     assert m["map50"] == pytest.approx(1.0) and m["map50_95"] < 0.8
-    assert gate.coco_map(ref, [_dets([[0, 0, 20, 20], [30, 30, 60, 50]], [1, 0])], 2)["map50"] == 0
-    assert gate.recall_at(ref, shifted) == 1.0
+    assert coco_map(ref, [_dets([[0, 0, 20, 20], [30, 30, 60, 50]], [1, 0])], 2)["map50"] == 0
+    assert recall_at(ref, shifted) == 1.0
     with pytest.raises(TrtflowError, match="no detections"):
-        gate.coco_map([_dets(np.zeros((0, 4)), [])], ref, 2)
+        coco_map([_dets(np.zeros((0, 4)), [])], ref, 2)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from trtflow.quantize import quantize_onnx
+    from trtflow.stages.quantize import quantize_onnx
 
     d = tmp_path_factory.mktemp("gate")
     tiny_detector(d / "fp32.onnx")
@@ -68,13 +70,13 @@ def models(tmp_path_factory):
 
 def test_gate_passes_good_int8_and_reports(models):
     d = models
-    r = gate.check_int8_accuracy(d / "fp32.onnx", d / "int8.onnx", d / "holdout.npy",
+    r = check_int8_accuracy(d / "fp32.onnx", d / "int8.onnx", d / "holdout.npy",
                                  d / "gate.json", min_map50_vs_fp32=0.5)  # fmt: skip
     saved = json.loads((d / "gate.json").read_text())
     assert saved["ok"] and saved["map50_vs_fp32"] == r["map50_vs_fp32"] >= 0.5
     assert set(saved["errors"]) == {"boxes_px", "scores"}
     assert saved["detections_per_image_fp32"] >= 50
-    same = gate.check_int8_accuracy(d / "fp32.onnx", d / "fp32.onnx", d / "holdout.npy",
+    same = check_int8_accuracy(d / "fp32.onnx", d / "fp32.onnx", d / "holdout.npy",
                                     d / "same.json")  # fmt: skip
     assert same["map_vs_fp32"] == pytest.approx(1.0) and same["errors"]["scores"]["max_abs"] == 0
 
@@ -82,7 +84,7 @@ def test_gate_passes_good_int8_and_reports(models):
 def test_gate_fails_below_floor_without_writing(models):
     d = models
     with pytest.raises(TrtflowError, match="min_map50_vs_fp32") as err:
-        gate.check_int8_accuracy(d / "fp32.onnx", d / "other.onnx", d / "holdout.npy",
+        check_int8_accuracy(d / "fp32.onnx", d / "other.onnx", d / "holdout.npy",
                                  d / "bad.json", min_map50_vs_fp32=0.5)  # fmt: skip
     assert "fix:" in str(err.value)
     assert not (d / "bad.json").exists()
@@ -90,17 +92,17 @@ def test_gate_fails_below_floor_without_writing(models):
 
 def test_labelled_coco_set(models, tmp_path):
     """Ground truth = fp32's own detections mapped back to the original image: fp32 mAP is 1."""
-    from trtflow.calib import load_rgb, preprocess
+    from trtflow.images.io import load_rgb, preprocess
 
     d = models
     files = write_images(tmp_path / "coco", 3)
-    fp32 = gate._Model(d / "fp32.onnx")
+    fp32 = exact_runner(d / "fp32.onnx")
     images, anns = [], []
     for i, f in enumerate(files):
         rgb = load_rgb(f)
         x, r, (pw, ph) = preprocess(rgb, SIZE)
-        b, s = gate.split_outputs(fp32(x[None]))
-        det = gate.postprocess(b[0], s[0], 0.25, 100, 0.45, 300)
+        b, s = split_outputs(fp32(x[None]))
+        det = postprocess(b[0], s[0], 0.25, 100, 0.45, 300)
         images.append({"id": i + 1, "file_name": f.name, "height": rgb.shape[0],
                        "width": rgb.shape[1]})  # fmt: skip
         for box, c in zip(det["boxes"], det["classes"], strict=True):
@@ -111,7 +113,7 @@ def test_labelled_coco_set(models, tmp_path):
     cats = [{"id": c, "name": str(c)} for c in (1, 3, 7)]
     ann_file = tmp_path / "instances.json"
     ann_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    r = gate.check_int8_accuracy(d / "fp32.onnx", d / "int8.onnx", d / "holdout.npy",
+    r = check_int8_accuracy(d / "fp32.onnx", d / "int8.onnx", d / "holdout.npy",
                                  tmp_path / "g.json", min_map50_vs_fp32=0.0,
                                  eval_images=tmp_path / "coco", eval_annotations=ann_file,
                                  max_map_drop=1.0, max_map50_drop=1.0)  # fmt: skip
@@ -119,14 +121,14 @@ def test_labelled_coco_set(models, tmp_path):
     assert lab["count"] == 3 and lab["map_fp32"] == pytest.approx(1.0, abs=0.02)
     assert 0.0 <= lab["map_int8"] <= lab["map_fp32"] + 1e-6
     with pytest.raises(TrtflowError, match="labelled mAP drops"):
-        gate.check_int8_accuracy(d / "fp32.onnx", d / "other.onnx", d / "holdout.npy",
+        check_int8_accuracy(d / "fp32.onnx", d / "other.onnx", d / "holdout.npy",
                                  tmp_path / "g2.json", min_map50_vs_fp32=0.0,
                                  eval_images=tmp_path / "coco", eval_annotations=ann_file,
                                  max_map_drop=0.01)  # fmt: skip
 
 
 def test_benchmark_int8_side_by_side(models, tmp_path):
-    from trtflow.int8_bench import benchmark_int8
+    from trtflow.stages.quantize import benchmark_int8
 
     d = models
     r = benchmark_int8(d / "fp32.onnx", d / "int8.onnx", tmp_path / "b.json", 2, 1, 3, 1)
@@ -143,8 +145,8 @@ def test_benchmark_int8_side_by_side(models, tmp_path):
 def test_int8_kernel_probe_matches_the_instruction_set():
     """ONNX Runtime's fused uint8 x int8 Conv saturates 16-bit pair sums without VNNI/AMX: the
     probe must see that (it is why the gate never uses those kernels)."""
-    from trtflow.cpu import cpu_info
-    from trtflow.int8_bench import probe_int8_kernels
+    from trtflow.core.cpu import cpu_info
+    from trtflow.quant.kernels import probe_int8_kernels
 
     u8 = probe_int8_kernels("u8")
     assert u8["fused"]  # the probe's Conv does reach the integer kernel
@@ -156,7 +158,7 @@ def test_int8_kernel_probe_matches_the_instruction_set():
 
 
 def test_summary_int8_columns(tmp_path):
-    from trtflow.summary import COLUMNS, collect_rows
+    from trtflow.reporting.summary import COLUMNS, collect_rows
 
     b = tmp_path / "results/benchmark_int8/toy/64/b1.json"
     g = tmp_path / "results/int8_gate/toy/64/gate.json"

@@ -11,9 +11,13 @@ import pytest
 from int8_models import SIZE, tiny_detector
 from onnx import helper, numpy_helper
 
-from trtflow import quantize
-from trtflow.errors import TrtflowError
-from trtflow.int8_gate import error_stats
+from trtflow.core.errors import TrtflowError
+from trtflow.quant.detections import error_stats
+from trtflow.quant.exact import integer_form, load_exact
+from trtflow.quant.kernels import load_for_cpu, qdq_s8_to_u8, stem_space_to_depth
+from trtflow.quant.qdq import decode_nodes, float_nodes
+from trtflow.quant.trt_cache import read_trt_cache, scale_hex, trt_cache_text, trt_version_code
+from trtflow.stages.quantize import quantize_onnx, write_trt_calibration_cache
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +27,7 @@ def quantized(tmp_path_factory):
     rng = np.random.default_rng(1)
     np.save(d / "calib.npy", rng.random((6, 3, SIZE, SIZE), dtype=np.float32))
     np.save(d / "holdout.npy", rng.random((3, 3, SIZE, SIZE), dtype=np.float32))
-    m = quantize.quantize_onnx(
+    m = quantize_onnx(
         d / "model.onnx",
         d / "calib.npy",
         d / "qdq.onnx",
@@ -83,23 +87,23 @@ def test_decode_and_head_conv_stay_float(quantized):
 
 def test_float_node_choices(tmp_path):
     model = tiny_detector()
-    decode, heads = quantize.decode_nodes(model)
+    decode, heads = decode_nodes(model)
     assert heads == ["head.conv"] and "decode.sigmoid" in decode and len(decode) == 11
-    assert quantize.float_nodes(model, False, False) == []
-    assert sorted(quantize.float_nodes(model)) == sorted(decode)  # default: head Conv is INT8
-    assert quantize.float_nodes(model, False, True) == ["head.conv"]
-    assert "backbone.0.conv" in quantize.float_nodes(model, False, False, ["backbone.0.*"])
+    assert float_nodes(model, False, False) == []
+    assert sorted(float_nodes(model)) == sorted(decode)  # default: head Conv is INT8
+    assert float_nodes(model, False, True) == ["head.conv"]
+    assert "backbone.0.conv" in float_nodes(model, False, False, ["backbone.0.*"])
 
 
 def test_int8_close_to_fp32_and_cpu_reencoding_is_lossless(quantized):
-    from trtflow.bench import make_session
-    from trtflow.int8_bench import probe_int8_kernels
+    from trtflow.onnx.ort import make_session
+    from trtflow.quant.kernels import probe_int8_kernels
 
     d, _ = quantized
     x = np.load(d / "holdout.npy")
     fp32 = make_session(str(d / "model.onnx"))
     qdq = onnx.load(str(d / "qdq.onnx"))
-    u8_model, n = quantize.qdq_s8_to_u8(qdq)
+    u8_model, n = qdq_s8_to_u8(qdq)
     assert n > 0
     y = fp32.run(None, {"images": x})[0]
     # as written, with nothing fused: the uint8 grid is the int8 grid, the numbers are equal
@@ -162,11 +166,11 @@ def _integer_reference(x, t, k):
 
 @pytest.mark.parametrize("cin,k", [(8, 3), (1200, 3)])
 def test_integer_form_is_tensorrts_int8_arithmetic(cin, k):
-    from trtflow.bench import make_session
+    from trtflow.onnx.ort import make_session
 
     rng = np.random.default_rng(cin)
     model, t = _qdq_conv(cin, k, rng)
-    exact, stats = quantize.integer_form(model)
+    exact, stats = integer_form(model)
     onnx.checker.check_model(exact)
     # every product at full scale (the worst case for 16-bit lanes), plus random inputs
     x = np.concatenate([np.full((1, cin, 5, 5), 127 * 0.05, np.float32),
@@ -184,17 +188,17 @@ def test_integer_form_is_tensorrts_int8_arithmetic(cin, k):
 def test_exact_accuracy_path_ignores_kernel_choices(quantized):
     """The gate's model (integer form, nothing fused) gives the same numbers with 1 or 2
     threads and from the uint8 CPU form as from the file TensorRT builds."""
-    from trtflow.bench import make_session
+    from trtflow.onnx.ort import make_session
 
     d, _ = quantized
     x = np.load(d / "holdout.npy")
-    exact = quantize.load_exact(d / "qdq.onnx")
+    exact = load_exact(d / "qdq.onnx")
     y1 = make_session(exact, 1, exact=True).run(None, {"images": x})[0]
     y2 = make_session(exact, 2, exact=True).run(None, {"images": x})[0]
     assert np.array_equal(y1, y2)
-    u8_exact, _ = quantize.integer_form(quantize.qdq_s8_to_u8(onnx.load(str(d / "qdq.onnx")))[0])
+    u8_exact, _ = integer_form(qdq_s8_to_u8(onnx.load(str(d / "qdq.onnx")))[0])
     assert np.array_equal(make_session(u8_exact, 1, exact=True).run(None, {"images": x})[0], y1)
-    float_model = quantize.load_exact(d / "model.onnx")  # float models are left as they are
+    float_model = load_exact(d / "model.onnx")  # float models are left as they are
     assert [n.op_type for n in float_model.graph.node] == [
         n.op_type for n in onnx.load(str(d / "model.onnx")).graph.node
     ]
@@ -207,8 +211,8 @@ def test_ranges_and_trt_cache(quantized, tmp_path):
     lo, hi = ranges["ranges"]["images"]
     assert 0 <= lo < 0.05 and 0.95 < hi <= 1.0
     assert "head.conv" in ranges["float_tensors"] and "output0" in ranges["float_tensors"]
-    m = quantize.write_trt_calibration_cache(d / "ranges.json", tmp_path / "c.cache", "8.6.1")
-    header, scales = quantize.read_trt_cache(tmp_path / "c.cache")
+    m = write_trt_calibration_cache(d / "ranges.json", tmp_path / "c.cache", "8.6.1")
+    header, scales = read_trt_cache(tmp_path / "c.cache")
     assert header == "TRT-8601-EntropyCalibration2" and m["header"] == header
     assert "head.conv" not in scales and "output0" not in scales
     name = "backbone.1.act"
@@ -220,14 +224,14 @@ def test_ranges_and_trt_cache(quantized, tmp_path):
 
 
 def test_trt_version_codes():
-    assert quantize.trt_version_code("8.2.1") == 8201
-    assert quantize.trt_version_code("8.6.1") == 8601
-    assert quantize.trt_version_code("10.3.0") == 100300
-    assert quantize.scale_hex(127.0) == "3f800000"
+    assert trt_version_code("8.2.1") == 8201
+    assert trt_version_code("8.6.1") == 8601
+    assert trt_version_code("10.3.0") == 100300
+    assert scale_hex(127.0) == "3f800000"
     with pytest.raises(TrtflowError):
-        quantize.trt_version_code("eight")
+        trt_version_code("eight")
     with pytest.raises(TrtflowError):
-        quantize.trt_cache_text({"x": [0, 1]}, "8.6.1", "Bogus")
+        trt_cache_text({"x": [0, 1]}, "8.6.1", "Bogus")
 
 
 def test_plugin_is_detached_for_calibration_and_put_back(tmp_path):
@@ -241,12 +245,12 @@ def test_plugin_is_detached_for_calibration_and_put_back(tmp_path):
     )
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.save(tmp_path / "c.npy", np.random.default_rng(0).random((2, 3, SIZE, SIZE), np.float32))
-    man = quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "c.npy", tmp_path / "q.onnx",
+    man = quantize_onnx(tmp_path / "m.onnx", tmp_path / "c.npy", tmp_path / "q.onnx",
                                  tmp_path / "r.json")  # fmt: skip
     q = onnx.load(str(tmp_path / "q.onnx"))
     assert [o.name for o in q.graph.output] == ["num_dets"] and man["plugins"] == ["nms"]
     assert q.graph.node[-1].op_type == "EfficientNMS_TRT"
-    cpu = quantize.load_for_cpu(tmp_path / "q.onnx")
+    cpu = load_for_cpu(tmp_path / "q.onnx")
     assert [o.name for o in cpu.graph.output] == ["output0"]
 
 
@@ -254,14 +258,14 @@ def test_bad_inputs(tmp_path):
     tiny_detector(tmp_path / "m.onnx")
     np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 32, 32), np.float32))
     with pytest.raises(TrtflowError, match="model takes"):
-        quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "wrong.npy", tmp_path / "q.onnx",
+        quantize_onnx(tmp_path / "m.onnx", tmp_path / "wrong.npy", tmp_path / "q.onnx",
                                tmp_path / "r.json")  # fmt: skip
     (tmp_path / "junk.npy").write_bytes(b"junk")
     with pytest.raises(TrtflowError, match="cannot be read"):
-        quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "junk.npy", tmp_path / "q.onnx",
+        quantize_onnx(tmp_path / "m.onnx", tmp_path / "junk.npy", tmp_path / "q.onnx",
                                tmp_path / "r.json")  # fmt: skip
     with pytest.raises(TrtflowError, match="calibration method"):
-        quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "wrong.npy", tmp_path / "q.onnx",
+        quantize_onnx(tmp_path / "m.onnx", tmp_path / "wrong.npy", tmp_path / "q.onnx",
                                tmp_path / "r.json", method="kl")  # fmt: skip
     assert not (tmp_path / "q.onnx").exists()
 
@@ -296,15 +300,15 @@ def _stem6_model(path):
 
 
 def test_cpu_stem_unfolding_is_bit_identical(tmp_path):
-    from trtflow.bench import make_session
+    from trtflow.onnx.ort import make_session
 
     _stem6_model(tmp_path / "m.onnx")
     rng = np.random.default_rng(4)
     np.save(tmp_path / "calib.npy", rng.random((4, 3, SIZE, SIZE), dtype=np.float32))
-    quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "calib.npy", tmp_path / "q.onnx",
+    quantize_onnx(tmp_path / "m.onnx", tmp_path / "calib.npy", tmp_path / "q.onnx",
                            tmp_path / "r.json")  # fmt: skip
-    plain, _ = quantize.qdq_s8_to_u8(onnx.load(str(tmp_path / "q.onnx")))
-    cpu = quantize.load_for_cpu(tmp_path / "q.onnx")
+    plain, _ = qdq_s8_to_u8(onnx.load(str(tmp_path / "q.onnx")))
+    cpu = load_for_cpu(tmp_path / "q.onnx")
     onnx.checker.check_model(cpu)
     assert "SpaceToDepth" in [n.op_type for n in cpu.graph.node]
     stem = next(n for n in cpu.graph.node if n.name == "stem")
@@ -316,13 +320,11 @@ def test_cpu_stem_unfolding_is_bit_identical(tmp_path):
     # The TensorRT file keeps its 6x6 stem; float models and other stems are left alone.
     assert "SpaceToDepth" not in [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
     float_model = onnx.load(str(tmp_path / "m.onnx"))
-    assert quantize.stem_space_to_depth(float_model) == (float_model, False)
-    assert "SpaceToDepth" not in [
-        n.op_type for n in quantize.load_for_cpu(tmp_path / "m.onnx").graph.node
-    ]
+    assert stem_space_to_depth(float_model) == (float_model, False)
+    assert "SpaceToDepth" not in [n.op_type for n in load_for_cpu(tmp_path / "m.onnx").graph.node]
 
 
 def test_cpu_form_of_other_stems_is_unchanged(quantized):
     d, _ = quantized  # tiny_detector: a 3x3/stride-2 stem
-    cpu = quantize.load_for_cpu(d / "qdq.onnx")
+    cpu = load_for_cpu(d / "qdq.onnx")
     assert "SpaceToDepth" not in [n.op_type for n in cpu.graph.node]

@@ -9,7 +9,7 @@ import pytest
 def test_parity_tolerance_is_in_each_fields_own_unit():
     """The same drift passes or fails alike whether boxes are 0-1 or pixels: the tolerance is a
     fraction of each field's unit (image size for pixel boxes, 1 for 0-1 boxes and scores)."""
-    from trtflow.parity import box_scale, field_errors
+    from trtflow.onnx.compare import box_scale, field_errors
 
     rng = np.random.default_rng(0)
     size = 640

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from trtflow.manifest import read_json
+from trtflow.core.manifest import read_json
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,11 @@ _HEAVY = pytest.mark.skipif(
     "variant", ["n", "s", *(pytest.param(v, marks=_HEAVY) for v in ("m", "l", "x"))]
 )
 def test_builtin_variant_parity(tmp_path, variant):
-    from trtflow.config import default_recipe
-    from trtflow.convert import convert_pb_to_onnx
-    from trtflow.export import export_pb, export_saved_model
-    from trtflow.parity import check_parity
-    from trtflow.patch import patch_onnx
+    from trtflow.core.config import default_recipe
+    from trtflow.stages.convert import convert_pb_to_onnx
+    from trtflow.stages.export import export_pb, export_saved_model
+    from trtflow.stages.parity import check_parity
+    from trtflow.stages.patch import patch_onnx
 
     size = 96
     sm = export_saved_model(tmp_path / "sm", "builtin", size, variant, 80, seed=3)

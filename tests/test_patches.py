@@ -1,4 +1,4 @@
-"""Tests of trtflow.patches: each patch on a tiny generated ONNX model, checked on the graph and
+"""Tests of trtflow.onnx.patches: each patch on a tiny generated ONNX model, checked on the graph
 on ONNX Runtime outputs, plus the default recipe on a real tf2onnx conversion of a Keras model."""
 
 from __future__ import annotations
@@ -14,20 +14,11 @@ import yaml
 from onnx import numpy_helper
 
 from tests import onnx_factory as factory
-from trtflow.config import default_recipe
-from trtflow.errors import TrtflowError
-from trtflow.patches import (
-    NMS_BOXES,
-    NMS_OP,
-    NMS_OUTPUTS,
-    NMS_SCORES,
-    PATCHES,
-    PatchOptions,
-    apply_patches,
-    describe_patches,
-    io_contract,
-    strip_nms,
-)
+from trtflow.core.config import default_recipe
+from trtflow.core.errors import TrtflowError
+from trtflow.onnx.io import io_contract
+from trtflow.onnx.patches.registry import PATCHES, PatchOptions, apply_patches, describe_patches
+from trtflow.onnx.plugins import NMS_BOXES, NMS_OP, NMS_OUTPUTS, NMS_SCORES, strip_nms
 
 DEFAULT_RECIPE = default_recipe()
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
@@ -74,7 +65,7 @@ def contract(model: onnx.ModelProto) -> dict[str, dict]:
 
 def test_registry_matches_config_schema_enum():
     schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
-    assert list(PATCHES) == schema["$defs"]["patch_name"]["enum"]
+    assert sorted(PATCHES) == sorted(schema["$defs"]["patch_name"]["enum"])
     descriptions = describe_patches()
     assert list(descriptions) == list(PATCHES)
     assert all(isinstance(d, str) and len(d) > 10 for d in descriptions.values())
@@ -187,7 +178,7 @@ def test_fix_batch_fixed_int():
     ],
 )
 def test_batch_free_reshape_target(shape, data_shape, expected):
-    from trtflow.patches import _batch_free_reshape
+    from trtflow.onnx.patches.batch import _batch_free_reshape
 
     assert _batch_free_reshape(np.array(shape), data_shape, allowzero=False) == expected
 
@@ -251,7 +242,7 @@ def test_drop_noops_rewires_consumers_and_keeps_the_output_name():
     ],
 )
 def test_broadcast_is_identity(x_shape, c_shape, identity):
-    from trtflow.patches import _broadcast_is_identity
+    from trtflow.onnx.patches.cleanup import _broadcast_is_identity
 
     assert _broadcast_is_identity(x_shape, c_shape) is identity
 
@@ -444,7 +435,7 @@ def test_decode_rewrites_on_the_builtin_yolov5_are_bit_identical(decode):
     import tensorflow as tf
     import tf2onnx
 
-    from trtflow.yolov5 import build_yolov5
+    from trtflow.tf.yolov5 import build_yolov5
 
     size = 64
     keras_model = build_yolov5("n", 3, size)

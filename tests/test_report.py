@@ -1,4 +1,4 @@
-"""trtflow.report and trtflow.gates on hand-written stage reports (no TensorFlow, no workflow):
+"""trtflow.reporting (pages, gates) on hand-written stage reports (no TensorFlow, no workflow):
 engine rows, missing keys and missing results, the gate check. The report of a real tiny zoo,
 in Snakemake's report and in Chromium, is tested in test_workflow.py."""
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from trtflow import gates, report
-from trtflow.errors import TrtflowError
+from trtflow.core.errors import TrtflowError
+from trtflow.reporting import gates
+from trtflow.reporting.pages import PLOTS, build_times, fastest, zoo_rows
+from trtflow.stages.report import render_report
 
 
 def _write(root: Path, rel: str, data: dict) -> str:
@@ -41,16 +43,16 @@ def zoo(tmp_path):
 
 
 def test_engine_row_speedup_against_the_fp32_onnx_at_the_same_batch(zoo):
-    rows = report.zoo_rows(**zoo)
+    rows = zoo_rows(**zoo)
     assert [(r["artifact"], r["target"]) for r in rows] == [("ONNX", "cpu"), ("engine b1", "orin")]
     engine = rows[1]
     assert engine["speedup"] == 10.0 and engine["size_mb"] == 5.0 and engine["p99_ms"] == 4.0
     assert engine["parity"] == "ok (max abs 0.02)" and engine["gate"] == "engine parity ok"
-    best = {b["target"]: b for b in report.fastest(rows)}
+    best = {b["target"]: b for b in fastest(rows)}
     assert best["orin"]["fastest"] == "engine b1 fp16" and best["orin"]["speedup"] == 10.0
     assert best["orin"]["accuracy cost"] == "not measured"
     assert best["cpu"]["accuracy cost"] == "none (the fp32 reference)"
-    times = report.build_times(zoo["patched_manifests"] + zoo["engine_manifests"])
+    times = build_times(zoo["patched_manifests"] + zoo["engine_manifests"])
     assert times == {"m@320": {"patch": 1.5, "engine orin fp16": 42.0}}
 
 
@@ -58,7 +60,7 @@ def test_missing_keys_and_results_leave_empty_cells(tmp_path, zoo):
     """A stage that writes fewer keys (or a result that is not there) is no error."""
     bare = {"bench": [_write(tmp_path, "benchmark_onnx/n/64/b1.json", {"batch": 1})],
             "int8_bench": [_write(tmp_path, "benchmark_int8/n/64/b1.json", {})]}  # fmt: skip
-    rows = report.zoo_rows(**bare)
+    rows = zoo_rows(**bare)
     assert [r["p50_ms"] for r in rows] == [None, None]
     out = tmp_path / "out"
     missing = {
@@ -66,12 +68,12 @@ def test_missing_keys_and_results_leave_empty_cells(tmp_path, zoo):
         "results/benchmark_engine/orin/m/320/best/b1.json": str(tmp_path / "none.log"),
     }
     (tmp_path / "build.log").write_text("INFO start\nERROR build failed: no INT8 on this device\n")
-    report.render_report(out / "zoo.html", {k: out / f"{k}.png" for k in report.PLOTS},
+    render_report(out / "zoo.html", {k: out / f"{k}.png" for k in PLOTS},
                          out / "models", out / "targets", missing=missing, **bare)  # fmt: skip
     page = (out / "zoo.html").read_text()
     assert "<b class=bad>2 failed</b>" in page
     assert "ERROR build failed: no INT8 on this device" in page and "not run (no log)" in page
-    for k in report.PLOTS:  # an empty plot says why it is empty
+    for k in PLOTS:  # an empty plot says why it is empty
         assert (out / f"{k}.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "models/n/64.html").is_file() and (out / "targets/cpu.html").is_file()
 

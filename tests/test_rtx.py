@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trtflow import rtx
-from trtflow.config import default_recipe
-from trtflow.patches import PatchOptions, apply_patches
+from trtflow.core.config import default_recipe
+from trtflow.onnx.patches.registry import PatchOptions, apply_patches
+from trtflow.trt import rtx
 
 SIZE = 64
 RESIZE_MESSAGE = (
@@ -43,7 +43,7 @@ def converted(tmp_path_factory) -> dict[str, Path]:
     import tensorflow as tf
     import tf2onnx
 
-    from trtflow.yolov5 import build_yolov5
+    from trtflow.tf.yolov5 import build_yolov5
 
     out = tmp_path_factory.mktemp("rtx")
     keras_model = build_yolov5("n", 2, SIZE)
@@ -115,7 +115,7 @@ def test_nearest_resize_integer_scales_are_bit_identical(scales, sizes):
 )
 def test_nearest_resize_leaves_other_resizes_alone(mode, nearest, scales, caplog):
     model = _resize_model(mode, nearest, scales)
-    with caplog.at_level("INFO", logger="trtflow.patches"):
+    with caplog.at_level("INFO", logger="trtflow.onnx.patches"):
         patched, report = apply_patches(model, ["nearest_resize"], PatchOptions(image_size=32))
     assert _attrs(patched) == _attrs(model) and report[0]["changes"] == []
     assert "Resize 'up'" in caplog.text and "left as is" in caplog.text
@@ -161,8 +161,8 @@ def test_real_parser_rejects_tf2onnx_resize_and_accepts_the_patched_model(conver
 def test_preflight_fails_with_the_parsers_words_and_the_fixing_patch(
     converted, tmp_path, backend, tensorrt
 ):
-    from trtflow.errors import TrtflowError
-    from trtflow.preflight import preflight
+    from trtflow.core.errors import TrtflowError
+    from trtflow.stages.engine import preflight
 
     out = tmp_path / "preflight.json"
     with pytest.raises(TrtflowError) as err:
@@ -184,8 +184,8 @@ def test_preflight_fails_with_the_parsers_words_and_the_fixing_patch(
 
 @needs_rtx
 def test_preflight_parses_every_source_and_names_the_file(converted, tmp_path):
-    from trtflow.errors import TrtflowError
-    from trtflow.preflight import preflight
+    from trtflow.core.errors import TrtflowError
+    from trtflow.stages.engine import preflight
 
     with pytest.raises(TrtflowError, match=r"preflight of .*without\.onnx .* nearest_resize"):
         preflight(converted["patched"], None, "1.7.1", backend="tensorrt-rtx",
@@ -195,8 +195,8 @@ def test_preflight_parses_every_source_and_names_the_file(converted, tmp_path):
 @needs_rtx
 def test_preflight_plugin_nodes_on_rtx_and_on_tensorrt_10(tmp_path):
     from tests import onnx_factory as factory
-    from trtflow.errors import TrtflowError
-    from trtflow.preflight import preflight
+    from trtflow.core.errors import TrtflowError
+    from trtflow.stages.engine import preflight
 
     model, _ = apply_patches(
         factory.tiny_detector(num_classes=2, size=32),
@@ -261,9 +261,9 @@ def _make_variant(name: str, tmp_path_factory) -> dict[str, Path]:
     import tensorflow as tf
     import tf2onnx
 
-    from trtflow.fp16 import convert_onnx_to_fp16
-    from trtflow.quantize import quantize_onnx
-    from trtflow.yolov5 import build_yolov5
+    from trtflow.stages.fp16 import convert_onnx_to_fp16
+    from trtflow.stages.quantize import quantize_onnx
+    from trtflow.tf.yolov5 import build_yolov5
 
     out = tmp_path_factory.mktemp(f"yolov5{name}")
     spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="images"),)
@@ -299,7 +299,7 @@ def large_variant(request, tmp_path_factory) -> dict[str, Path]:
 )
 def test_large_variants_parse_and_build(large_variant, tmp_path):
     """yolov5m/l/x: every ONNX parses; the dynamic fp32 and int8 engines build."""
-    from trtflow.engine import build_engine
+    from trtflow.stages.engine import build_engine
 
     for key in ("patched", "static", "fp16", "qdq"):
         assert rtx.parse_onnx(large_variant[key]) == [], key
@@ -328,8 +328,9 @@ def test_every_onnx_of_the_variant_parses(variant, key):
     ],
 )
 def test_real_build(variant, precision, profile, onnx_key):
-    from trtflow.engine import build_engine, is_standin_engine
-    from trtflow.manifest import read_json
+    from trtflow.core.manifest import read_json
+    from trtflow.stages.engine import build_engine
+    from trtflow.trt.backends import is_standin_engine
 
     engine = variant["dir"] / "engines" / f"{onnx_key}-{precision}-{profile}.engine"
     build_engine(
@@ -355,8 +356,8 @@ def test_real_build(variant, precision, profile, onnx_key):
 
 
 def test_rtx_build_refuses_what_it_cannot_build(variant, tmp_path):
-    from trtflow.engine import build_engine
-    from trtflow.errors import TrtflowError
+    from trtflow.core.errors import TrtflowError
+    from trtflow.stages.engine import build_engine
 
     common = dict(target="rtx", spec=RTX_SPEC, profile="b1", image_size=SIZE)
     with pytest.raises(TrtflowError, match="needs an fp16 ONNX"):
@@ -417,9 +418,9 @@ def test_pb_in_other_exporters_layout_parses_after_the_recipe(tmp_path):
         convert_variables_to_constants_v2,
     )
 
-    from trtflow.convert import convert_pb_to_onnx
-    from trtflow.quantize import quantize_onnx
-    from trtflow.yolov5 import build_yolov5
+    from trtflow.stages.convert import convert_pb_to_onnx
+    from trtflow.stages.quantize import quantize_onnx
+    from trtflow.tf.yolov5 import build_yolov5
 
     keras_model = build_yolov5("n", 2, SIZE)
     scale = tf.constant([1 / SIZE] * 4 + [1.0] * 3, tf.float32)  # 5 + 2 classes
@@ -453,9 +454,9 @@ def test_manifest_command_reproduces_the_engine(variant, tmp_path):
     import shlex
 
     from tests.conftest import REPO, run_cli
-    from trtflow.config import load_config
-    from trtflow.engine import build_engine
-    from trtflow.manifest import read_json
+    from trtflow.core.config import load_config
+    from trtflow.core.manifest import read_json
+    from trtflow.stages.engine import build_engine
 
     if not variant["dir"].name.startswith("yolov5n"):
         pytest.skip("one variant is enough")

@@ -28,8 +28,8 @@ def test_any_failure_is_one_line_with_the_cause_in_the_log(tmp_path, case, debug
     body, line, traced = CASES[case]
     log = tmp_path / "logs" / "stage.log"
     code = (
-        "import errno\nfrom trtflow.errors import TrtflowError\n"
-        "from trtflow.runner import run_stage\n"
+        "import errno\nfrom trtflow.core.errors import TrtflowError\n"
+        "from trtflow.core.runner import run_stage\n"
         f"def stage():\n    {body}\n"
         f"run_stage(stage, {str(log)!r}, debug={debug})\n"
     )
@@ -47,7 +47,7 @@ def test_any_failure_is_one_line_with_the_cause_in_the_log(tmp_path, case, debug
 def test_stale_temporaries_of_killed_jobs_are_removed(tmp_path):
     import os
 
-    from trtflow.manifest import atomic_path
+    from trtflow.core.manifest import atomic_path
 
     final = tmp_path / "saved_model" / "320"
     final.parent.mkdir()
@@ -71,7 +71,7 @@ def test_stale_temporaries_of_killed_jobs_are_removed(tmp_path):
 
 def test_fix_names_the_jobs_model(tmp_path):
     code = (
-        "from trtflow.errors import TrtflowError\nfrom trtflow.runner import run_stage\n"
+        "from trtflow.core.errors import TrtflowError\nfrom trtflow.core.runner import run_stage\n"
         "def stage():\n    raise TrtflowError('a classifier', 'point models.<name>.path at one')\n"
         f"run_stage(stage, {str(tmp_path / 'j.log')!r}, model='my-yolo')\n"
     )

@@ -8,33 +8,35 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from trtflow import augment, dataset
-from trtflow.errors import TrtflowError
+from trtflow.core.errors import TrtflowError
+from trtflow.images import augment
+from trtflow.images.datasets import read_split, read_yolo, shapes_image
+from trtflow.stages.train import make_dataset
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes") / "ds"
-    dataset.make_dataset(root, train_count=16, val_count=4, seed=3, workers=2)
+    make_dataset(root, train_count=16, val_count=4, seed=3, workers=2)
     return root
 
 
 def test_dataset_is_deterministic_and_labels_round_trip(shapes):
-    samples = dataset.read_split(shapes / "images" / "train", num_classes=8)
+    samples = read_split(shapes / "images" / "train", num_classes=8)
     assert len(samples) == 16 and sum(len(s.classes) for s in samples) > 16
     for i, s in enumerate(samples[:4]):
-        rgb, boxes, classes = dataset.shapes_image(3, "train", i)
+        rgb, boxes, classes = shapes_image(3, "train", i)
         assert np.abs(s.boxes - boxes).max() < 1e-3 * max(rgb.shape)  # 6-digit YOLO text
         assert (s.classes == classes).all()
         # the shape's pixels fill its box: every edge row/column differs from the background
         assert (boxes[:, 2:] > boxes[:, :2]).all()
-    coco = dataset.read_split(shapes / "val.json", num_classes=8)
-    yolo = dataset.read_split(shapes / "images" / "val", num_classes=8)
+    coco = read_split(shapes / "val.json", num_classes=8)
+    yolo = read_split(shapes / "images" / "val", num_classes=8)
     assert [s.path.name for s in coco] == [s.path.name for s in yolo]
     for c, y in zip(coco, yolo, strict=True):
         assert np.abs(c.boxes - y.boxes).max() < 0.5 and (c.classes == y.classes).all()
-    assert not np.array_equal(dataset.shapes_image(3, "val", 0)[0],
-                              dataset.shapes_image(4, "val", 0)[0])  # fmt: skip
+    assert not np.array_equal(shapes_image(3, "val", 0)[0],
+                              shapes_image(4, "val", 0)[0])  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -57,7 +59,7 @@ def test_malformed_label_names_file_and_line(tmp_path, line, problem):
     label = tmp_path / "labels" / "a.txt"
     label.write_text(f"0 0.5 0.5 0.2 0.2\n\n{line}\n")
     with pytest.raises(TrtflowError) as exc:
-        dataset.read_yolo(tmp_path / "images", num_classes=8)
+        read_yolo(tmp_path / "images", num_classes=8)
     msg = str(exc.value)
     assert f"label file {label} line 3 " in msg and problem in msg, msg
 
@@ -103,8 +105,8 @@ def test_tiny_training_loss_falls_and_resumes(shapes, tmp_path):
     """Eight epochs of two steps on 16 small images (no augmentation, no warm-up): the loss
     falls; killed after epoch 4, a rerun with the same arguments resumes there and finishes;
     the weights load into the builtin model."""
-    from trtflow.train import train_yolov5
-    from trtflow.yolov5 import build_yolov5
+    from trtflow.stages.train import train_yolov5
+    from trtflow.tf.yolov5 import build_yolov5
 
     out = tmp_path / "w" / "tiny.weights.h5"
     ckpt = tmp_path / "resume.npz"
@@ -152,7 +154,7 @@ def test_gate_measures_map_against_the_builtin_labels(tmp_path):
     from int8_models import write_images
     from test_int8_workflow import _run, _workdir
 
-    from trtflow.summary import collect_rows
+    from trtflow.reporting.summary import collect_rows
 
     write_images(tmp_path / "imgs", 6)
     wd = _workdir(tmp_path / "wd", str(tmp_path / "imgs"))

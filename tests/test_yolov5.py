@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-yolov5 = pytest.importorskip("trtflow.yolov5")
+yolov5 = pytest.importorskip("trtflow.tf.yolov5")
 
-from trtflow.errors import TrtflowError  # noqa: E402
+from trtflow.core.errors import TrtflowError  # noqa: E402
 
 # Trainable parameters (conv weights + biases + BN gamma/beta) of the v6.0/v7.0 COCO models.
 PUBLISHED_PARAMS = {
@@ -60,7 +60,7 @@ def test_trainable_params_match_published(variant: str) -> None:
 
 def _scenes(batch: int, size: int, seed: int = 0) -> np.ndarray:
     """Image-like inputs: the generated scenes the init is calibrated on (other seeds)."""
-    from trtflow.calib import scene
+    from trtflow.images.scenes import scene
 
     rng = np.random.default_rng(seed + 1000)
     return np.stack([scene(rng, size, size) for _ in range(batch)]).astype(np.float32) / 255

@@ -6,7 +6,7 @@ by the stage modules that need them, so the Snakemake DAG builds on any host.
 
 import os
 
-from trtflow.errors import TrtflowError
+from trtflow.core.errors import TrtflowError
 
 # Quiet TensorFlow/absl C++ info lines in job logs (set before any stage imports TF).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from trtflow.config import default_recipe
-from trtflow.discover import BOX_FORMATS, DECODE_LAYOUTS
-from trtflow.runner import run_stage
+from trtflow.core.config import default_recipe
+from trtflow.core.runner import run_stage
+from trtflow.tf.discover import BOX_FORMATS, DECODE_LAYOUTS
 
 
 def _batch(value: str) -> int | str:
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--input-name", help="default: from <pb>.manifest.json or discovered")
     s.add_argument("--output-name")
 
-    s = sub.add_parser("patch", help="raw ONNX -> patched ONNX (a recipe of trtflow.patches)")
+    s = sub.add_parser("patch", help="raw ONNX -> patched ONNX (a recipe of trtflow.onnx.patches)")
     s.add_argument("--onnx", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--image-size", type=int, required=True)
@@ -144,8 +144,8 @@ def _parser() -> argparse.ArgumentParser:
 def _pb_names(pb: str, input_name: str | None, output_name: str | None) -> tuple[str, str]:
     from pathlib import Path
 
-    from trtflow import tfgraph
-    from trtflow.manifest import read_json
+    from trtflow.core.manifest import read_json
+    from trtflow.tf import graph as tfgraph
 
     man = Path(f"{pb}.manifest.json")
     if man.is_file() and not (input_name or output_name):
@@ -167,29 +167,29 @@ INT8_COMMANDS = (
 def _dispatch_int8(args: argparse.Namespace) -> Any:
     cmd = args.command
     if cmd == "sample-images":
-        from trtflow.calib import make_sample_images
+        from trtflow.stages.quantize import make_sample_images
 
         return make_sample_images(args.out, args.count, args.seed)
     if cmd == "calibrate":
-        from trtflow.calib import make_calibration_data
+        from trtflow.stages.quantize import make_calibration_data
 
         return make_calibration_data(
             args.images, args.out, args.holdout_out, args.image_size, args.count, args.holdout,
             args.seed, args.sampling,
         )  # fmt: skip
     if cmd == "quantize":
-        from trtflow.quantize import quantize_onnx
+        from trtflow.stages.quantize import quantize_onnx
 
         return quantize_onnx(
             args.onnx, args.calib, args.out, args.ranges_out, args.method, args.percentile,
             not args.quantize_decode, args.float_head_convs, args.float_node,
         )  # fmt: skip
     if cmd == "trt-cache":
-        from trtflow.quantize import write_trt_calibration_cache
+        from trtflow.stages.quantize import write_trt_calibration_cache
 
         return write_trt_calibration_cache(args.ranges, args.out, args.trt_version, args.algorithm)
     if cmd == "int8-gate":
-        from trtflow.int8_gate import check_int8_accuracy
+        from trtflow.stages.quantize import check_int8_accuracy
 
         return check_int8_accuracy(
             args.fp32, args.int8, args.holdout, args.out, args.score_threshold, args.top_k,
@@ -197,7 +197,7 @@ def _dispatch_int8(args: argparse.Namespace) -> Any:
             args.eval_annotations, args.eval_count, args.max_map_drop, args.threads,
             args.max_map50_drop,
         )  # fmt: skip
-    from trtflow.int8_bench import benchmark_int8
+    from trtflow.stages.quantize import benchmark_int8
 
     report = benchmark_int8(
         args.fp32, args.int8, args.out, args.batch, args.warmup, args.iterations, args.threads
@@ -208,51 +208,51 @@ def _dispatch_int8(args: argparse.Namespace) -> Any:
 def dispatch(args: argparse.Namespace) -> Any:
     cmd = args.command
     if cmd == "export-saved-model":
-        from trtflow.export import export_saved_model
+        from trtflow.stages.export import export_saved_model
 
         return export_saved_model(
             args.out, args.source, args.image_size, args.variant, args.classes, args.seed, args.path
         )
     if cmd == "export-pb":
-        from trtflow.export import export_pb
+        from trtflow.stages.export import export_pb
 
         return export_pb(
             args.source_path, args.out, args.source, args.image_size, args.input_name,
             args.output_name, box_format=args.box_format, decode_layout=args.decode_layout,
         )  # fmt: skip
     if cmd == "convert":
-        from trtflow.convert import check_opset, convert_pb_to_onnx
+        from trtflow.stages.convert import check_opset, convert_pb_to_onnx
 
         check_opset(args.opset)
         ins, outs = _pb_names(args.pb, args.input_name, args.output_name)
         return convert_pb_to_onnx(args.pb, args.out, ins, outs, args.opset)
     if cmd == "patch":
-        from trtflow.patch import patch_onnx
+        from trtflow.stages.patch import patch_onnx
 
         return patch_onnx(
             args.onnx, args.out, args.recipe.split(","), args.image_size, args.batch,
             args.box_format, pb_manifest=args.pb_manifest,
         )  # fmt: skip
     if cmd == "benchmark":
-        from trtflow.bench import benchmark_onnx
+        from trtflow.stages.benchmark import benchmark_onnx
 
         return benchmark_onnx(
             args.onnx, args.out, args.batch, args.warmup, args.iterations, args.threads
         )
     if cmd == "fp16":
-        from trtflow.fp16 import convert_onnx_to_fp16
+        from trtflow.stages.fp16 import convert_onnx_to_fp16
 
         return convert_onnx_to_fp16(args.onnx, args.out)
     if cmd in INT8_COMMANDS:
         return _dispatch_int8(args)
     if cmd == "patches":
-        from trtflow.patches import describe_patches
+        from trtflow.onnx.patches.registry import describe_patches
 
         for name, doc in describe_patches().items():
             print(f"{name:18s} {doc}")
         return None
     if cmd == "validate-config":
-        from trtflow.config import load_config
+        from trtflow.core.config import load_config
 
         load_config(args.config)
         print(f"{args.config}: valid")
@@ -322,10 +322,10 @@ def _engine_parsers(sub: Any) -> None:
 
 
 def _engine_dispatch(args: argparse.Namespace) -> Any:
-    from trtflow import engine
-    from trtflow.config import load_config
-    from trtflow.preflight import preflight
-    from trtflow.targets import target_spec
+    from trtflow.core.config import load_config
+    from trtflow.stages import engine
+    from trtflow.stages.engine import preflight
+    from trtflow.trt.targets import target_spec
 
     if args.command == "preflight":
         return preflight(args.onnx, args.out, args.tensorrt, dynamic=args.dynamic,
@@ -396,18 +396,18 @@ def _train_parsers(sub: Any) -> None:
 
 def _train_dispatch(args: argparse.Namespace) -> Any:
     if args.command == "dataset":
-        from trtflow.dataset import make_dataset
+        from trtflow.stages.train import make_dataset
 
         return make_dataset(args.out, args.train_count, args.val_count, args.seed, args.workers)
     if args.command == "pictures":
-        from trtflow.pictures import render_pictures
+        from trtflow.stages.pictures import render_pictures
 
         return render_pictures(
             args.pb, f"{args.pb}.manifest.json", args.fp32, args.int8, args.images,
             args.annotations, args.out, args.image_size, args.count, args.score_threshold,
         )  # fmt: skip
-    from trtflow.errors import TrtflowError
-    from trtflow.train import train_yolov5
+    from trtflow.core.errors import TrtflowError
+    from trtflow.stages.train import train_yolov5
 
     hyp = {}
     for item in args.hyp:

@@ -1,0 +1,209 @@
+"""Config validation against schemas/config.schema.yaml with one clear message per mistake.
+
+Pure Python (jsonschema + PyYAML): safe to import from rules/common.smk on any host.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from trtflow.core.errors import TrtflowError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def default_recipe() -> list[str]:
+    """The patch recipe a model gets when its config names none (the schema's default)."""
+    return list(load_schema()["$defs"]["model"]["properties"]["patches"]["default"])
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts: list[str] = []
+    for p in error.absolute_path:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
+    """Return (what is wrong, how to fix it) for one schema violation."""
+    v, val, schema = error.validator, error.validator_value, error.schema
+    desc = schema.get("description", "").strip() if isinstance(schema, dict) else ""
+    hint = f" ({desc})" if desc else ""
+    if v == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return (
+            f"unknown key {', '.join(repr(e) for e in extra)}",
+            f"remove it or use one of: {', '.join(allowed)}",
+        )
+    if v == "enum":
+        return (
+            f"{error.instance!r} is not allowed",
+            f"use one of: {', '.join(map(str, val))}{hint}",
+        )
+    if v == "multipleOf":
+        lo = int(error.instance // val * val)
+        return (
+            f"{error.instance} is not a multiple of {val}",
+            f"use a multiple of {val}, e.g. {max(lo, val)} or {lo + val}{hint}",
+        )
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        return (f"{error.instance!r} is out of range", f"use a value {op} {val}{hint}")
+    if v == "type":
+        return (f"{error.instance!r} has the wrong type", f"use a {val}{hint}")
+    if v == "required":
+        return (error.message, f"add the key{hint}")
+    if v == "oneOf":
+        # e.g. batch: "dynamic" or an integer >= 1; report the closest alternative's message
+        return (f"{error.instance!r} is not valid", f"{desc or 'see the schema'}")
+    if v == "pattern" or error.validator == "propertyNames":
+        return (error.message, "use letters, digits, '_', '-', '.' only")
+    return (error.message, desc or "see schemas/config.schema.yaml")
+
+
+def _alternative(sub: dict[str, Any], root: dict[str, Any]) -> str:
+    """A oneOf alternative in words: ``dynamic`` / ``an integer >= 1``."""
+    if "$ref" in sub:
+        sub = root["$defs"][sub["$ref"].split("/")[-1]]
+    if "enum" in sub:
+        return " or ".join(map(str, sub["enum"]))
+    if "const" in sub:
+        return str(sub["const"])
+    kind = {"integer": "an integer", "number": "a number", "string": "a string"}.get(
+        sub.get("type", ""), "a value"
+    )
+    bounds = [f">= {sub['minimum']}" if "minimum" in sub else "",
+              f"<= {sub['maximum']}" if "maximum" in sub else ""]  # fmt: skip
+    return " ".join([kind, " and ".join(b for b in bounds if b)]).strip()
+
+
+def _set_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
+    """Fill defaults of object properties in place (recursively, after validation)."""
+    if "$ref" in schema:
+        ref = schema["$ref"].split("/")[-1]
+        schema = root["$defs"][ref]
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _set_defaults(instance[key], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _set_defaults(value, extra, root)
+
+
+def validate_config(
+    config: dict[str, Any], source: str = "config", schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Validate ``config`` and return a copy with every default filled in.
+
+    Raises TrtflowError naming the first offending key (``<source>: models.x.image_sizes[0]: …``).
+    """
+    schema = schema or load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        err = errors[0]
+        # descend into oneOf/anyOf to the most specific message
+        best = jsonschema.exceptions.best_match([err])
+        what, fix = _describe(best if best.validator != "oneOf" else err)
+        one_of = best if best.validator == "oneOf" else best.parent
+        if one_of is not None and one_of.validator == "oneOf":
+            options = [_alternative(sub, schema) for sub in one_of.validator_value]
+            what, fix = f"{one_of.instance!r} is not valid", "use " + " or ".join(options)
+        raise TrtflowError(f"{source}: {_key_path(best)}: {what}", fix)
+    out = copy.deepcopy(config)
+    _set_defaults(out, schema, schema)
+    check_cross_fields(out, source)
+    return out
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise TrtflowError(
+                f"{key_node.start_mark.name}: line {line}: duplicate key {key!r} (first given at "
+                f"line {seen[key]}); YAML keeps only the last one",
+                "remove or rename one of the two entries",
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file strictly: a syntax error names the line and column, and a duplicate
+    key names both lines (TrtflowError)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "not found"
+        raise TrtflowError(f"{path}: config file {what}", "pass an existing YAML file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        loader = _StrictLoader(text)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        tab = "\t" in line[: (mark.column + 1) if mark else 0] or "\t" in (exc.problem or "")
+        fix = "indent with spaces, not tabs" if tab else "fix the YAML syntax there"
+        raise TrtflowError(f"{path}: {where}: {exc.problem or exc}", fix) from None
+    except yaml.YAMLError as exc:
+        raise TrtflowError(f"{path}: not valid YAML ({exc})", "fix the YAML syntax") from None
+
+
+def check_cross_fields(config: dict[str, Any], source: str = "config") -> None:
+    """Rules between keys that a JSON Schema cannot say (run after defaults are filled)."""
+    for i, p in enumerate(config.get("engine", {}).get("dynamic_profiles", [])):
+        if not p["min"] <= p["opt"] <= p["max"]:
+            raise TrtflowError(
+                f"{source}: engine.dynamic_profiles[{i}]: min {p['min']}, opt {p['opt']}, "
+                f"max {p['max']} is not ordered",
+                "use min <= opt <= max",
+            )
+    for name, m in config.get("models", {}).items():
+        if m.get("source") == "pb" and len(m.get("image_sizes") or []) > 1:
+            raise TrtflowError(
+                f"{source}: models.{name}.image_sizes: a frozen pb has one input size, "
+                f"{len(m['image_sizes'])} were given",
+                f"give models.{name}.image_sizes one size (the graph's), or none to discover it",
+            )
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    raw = read_yaml(path) or {}
+    return validate_config(raw, source=str(path))

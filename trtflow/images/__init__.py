@@ -1,0 +1,1 @@
+"""Images and datasets (numpy + Pillow): preprocessing, scenes, labelled sets, augmentation."""

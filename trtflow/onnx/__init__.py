@@ -1,0 +1,1 @@
+"""ONNX side: the I/O contract, ONNX Runtime sessions, plugins, output comparison, patches."""

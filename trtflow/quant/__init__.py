@@ -1,0 +1,1 @@
+"""INT8: Q/DQ quantization, TensorRT integer arithmetic on the CPU, kernel probes, caches, mAP."""

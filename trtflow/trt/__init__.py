@@ -1,0 +1,1 @@
+"""TensorRT: targets and versions, trtexec, the Python API, TensorRT-RTX, transport, checks."""
