@@ -1,4 +1,4 @@
-"""ONNX Runtime p50 of YOLOv5 (default yolov5s-640), raw tf2onnx vs patched, for both decode layouts.
+"""ONNX Runtime p50 of YOLOv5 (yolov5s-640), raw tf2onnx vs patched, for both decode layouts.
 
 Builds two frozen pbs of the same built-in network through the real stage functions: the built-in
 model (rows ordered anchor, y, x; boxes in pixels) and the layout of other TF exporters (rows

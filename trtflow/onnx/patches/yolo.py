@@ -514,7 +514,10 @@ def _decode_constants(session: Any, heads: list[DecodeHead], shapes: dict[str, l
     values used, from runs with every logit equal; None if the conf fields are not sigmoid."""
     outs, sig = [], []
     for z in _PROBE_LOGITS:
-        maps = {h.tensor: np.full([shapes[h.tensor][0] or 1, *shapes[h.tensor][1:]], z, np.float32) for h in heads}
+        maps = {
+            h.tensor: np.full([shapes[h.tensor][0] or 1, *shapes[h.tensor][1:]], z, np.float32)
+            for h in heads
+        }
         y = _run_tail(session, maps)[0].astype(np.float64)
         outs.append(y)
         sig.append(y[0, 4])
@@ -589,7 +592,8 @@ def _fold_decode_model(
             mk("Reshape", ["rows", "shape_out"], ["out"]),  # [B, rows of this head, no]
         ])  # fmt: skip
         outs.append(q + "out")
-    g.node.append(helper.make_node("Concat", outs, [tail.output], f"trtflow/{_FOLD}/concat", axis=1))
+    concat = helper.make_node("Concat", outs, [tail.output], f"trtflow/{_FOLD}/concat", axis=1)
+    g.node.append(concat)
     return m
 
 
@@ -600,9 +604,7 @@ def _compare_tails(old: Any, new: Any, shapes: dict[str, list[Any]], heads: list
     box = score = 0.0
     fixed = shapes[heads[0]][0]
     for batch in (fixed,) if fixed else (1, 2):
-        maps = {
-            h: rng.normal(0.0, 3.0, [batch, *shapes[h][1:]]).astype(np.float32) for h in heads
-        }
+        maps = {h: rng.normal(0.0, 3.0, [batch, *shapes[h][1:]]).astype(np.float32) for h in heads}
         a, b = _run_tail(old, maps), _run_tail(new, maps)
         if a.shape != b.shape:
             return np.inf, np.inf
@@ -629,8 +631,9 @@ def fold_decode(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
         log.info("%s: no decode tail (head Convs -> one [B,N,no] output) found; left as is", _FOLD)
         return graph
     shapes = _shapes(model)
-    hs = [shapes.get(h) for h in tail.heads]
-    if any(s is None or len(s) != 4 or None in s[1:] for s in hs):
+    found = [shapes.get(h) for h in tail.heads]
+    hs = [s for s in found if s is not None and len(s) == 4 and None not in s[1:]]
+    if len(hs) != len(found):
         log.info("%s: head maps %s are not static [B,C,H,W]; left as is", _FOLD, tail.heads)
         return graph
     no = tail.no
