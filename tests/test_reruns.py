@@ -66,7 +66,7 @@ def _snakemake(code: Path, workdir: Path, *args: str, timeout: int = 1800):
 
 def _params_changed(code: Path, workdir: Path) -> set[str]:
     """Rules of the jobs a dry run would rerun because their params (the code hash) changed."""
-    text = _snakemake(code, workdir, "-n", "--nolock", "--rerun-triggers", "params", "all")
+    text = _snakemake(code, workdir, "all", "-n", "--nolock", "--rerun-triggers", "params")
     rules = set()
     for block in re.split(r"^(?=(?:local)?rule \w+:$)", text, flags=re.M)[1:]:
         rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
