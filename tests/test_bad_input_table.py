@@ -2,7 +2,8 @@
 
 Every case must: exit non-zero; print exactly one ``ERROR`` line naming the problem and a fix;
 leave a non-empty log with that line; write no artifact (no temporaries either); and leave an
-earlier artifact at the output path byte-identical.
+earlier artifact at the output path byte-identical. ``test_disk_full`` holds the cases whose
+disk really fills (a tiny tmpfs, where it can be mounted).
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ CASES = [
 def test_bad_input(inputs, tmp_path, case, argv, words):
     out = tmp_path / "results" / "artifact.out"
     out.parent.mkdir()
+    check_one_clear_failure(inputs, tmp_path, out, argv, words)
+
+
+def check_one_clear_failure(inputs: Path, tmp_path: Path, out: Path, argv, words) -> None:
+    """Run the CLI as a job would and check the table's contract (module docstring)."""
     out.write_bytes(EARLIER)  # an earlier good artifact at the same path
     log = tmp_path / "logs" / "job.log"
     args = [a.format(d=inputs, out=out) for a in argv]
@@ -143,9 +149,55 @@ def test_bad_input(inputs, tmp_path, case, argv, words):
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "fix:" in errors[0], errors[0]
     for w in words:
-        assert w in errors[0], errors[0]
+        assert w.format(out=out) in errors[0], errors[0]
     text = log.read_text()
     assert errors[0].split(" ERROR ", 1)[1] in text
     assert out.read_bytes() == EARLIER
     left = [p.name for p in out.parent.iterdir() if p.name != out.name]
     assert not left, left  # no partial artifact, no temporary
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """``tmp_path/results`` on a 64 KiB tmpfs: a real disk that fills (root and a working
+    ``mount`` only; elsewhere the test is skipped with the reason)."""
+    import os
+
+    results = tmp_path / "results"
+    results.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(results)],
+                           capture_output=True, text=True)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield results
+    finally:
+        subprocess.run(["umount", str(results)], check=True)
+
+
+@pytest.fixture(scope="module")
+def wide_pb(inputs):
+    """A frozen pb with 1.2 MB of weights, so its ONNX cannot fit the 64 KiB disk."""
+    from pb_factory import classifier_pb
+
+    return classifier_pb(inputs / "wide.pb", 32, classes=100_000)
+
+
+# (case, argv, words): the disk fills while the stage writes its artifact ({out}).
+DISK_FULL = [
+    ("convert, disk full", ["convert", "--pb", "{d}/wide.pb", "--out", "{out}", "--input-name",
+                            "x:0", "--output-name", "Identity:0"],
+     ["disk full: writing {out} failed (No space left on device, after", "free of 0.1 MB",
+      "free disk space"]),
+    # TensorFlow's own writer (SaveV2): ResourceExhaustedError, the path only in its message
+    ("export saved model, disk full", ["export-saved-model", "--out", "{out}", "--variant", "n",
+                                       "--image-size", "32", "--classes", "1"],
+     ["disk full: writing {out} failed (No space left on device, after", "free disk space"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case,argv,words", DISK_FULL, ids=[c[0] for c in DISK_FULL])
+def test_disk_full(inputs, wide_pb, full_disk, tmp_path, case, argv, words):
+    check_one_clear_failure(inputs, tmp_path, full_disk / "artifact.out", argv, words)

@@ -16,7 +16,19 @@ CASES = {
     "value": ("raise ValueError('Got invalid dimensions for input: x:0\\nmore')",
               "ValueError: Got invalid dimensions for input: x:0 — fix: see the traceback", True),
     "disk full": ("raise OSError(errno.ENOSPC, 'No space left on device', '/r/model.onnx')",
-                  "No space left on device (/r/model.onnx) — fix: free disk space", True),
+                  "disk full: writing /r/model.onnx failed (No space left on device); the "
+                  "filesystem of / has ", True),
+    # the kernel's own ENOSPC (/dev/full), no filename: atomic_path names the artifact
+    "disk full, atomic": ("with atomic_path(ART) as tmp:\n        tmp.write_bytes(b'x' * 3000000)"
+                          "\n        open('/dev/full', 'wb', buffering=0).write(b'x')",
+                          "disk full: writing ART failed (No space left on device, after 3.0 MB "
+                          "of it); the filesystem of DIR has ", True),
+    # TensorFlow's C++ writers: the path is in the message (here inside atomic_path's temporary)
+    "disk full, tensorflow": ("import tensorflow as tf\n    raise tf.errors.ResourceExhaustedError("
+                              "None, None, '{{function_node SaveV2}} /r/.sm.tmp-1/variables/v.data;"
+                              " No space left on device [Op:SaveV2]')",
+                              "disk full: writing /r/sm failed (No space left on device); the "
+                              "filesystem of / has ", True),
     "not a dir": ("raise NotADirectoryError(errno.ENOTDIR, 'Not a directory', 'results/pb')",
                   "Not a directory (results/pb) — fix: a part of the path is a file", True),
 }  # fmt: skip
@@ -26,10 +38,13 @@ CASES = {
 @pytest.mark.parametrize("debug", [False, True])
 def test_any_failure_is_one_line_with_the_cause_in_the_log(tmp_path, case, debug):
     body, line, traced = CASES[case]
+    art = tmp_path / "results" / "model.onnx"
+    body = body.replace("ART", repr(str(art)))
+    line = line.replace("ART", str(art)).replace("DIR", str(art.parent))
     log = tmp_path / "logs" / "stage.log"
     code = (
         "import errno\nfrom trtflow.core.errors import TrtflowError\n"
-        "from trtflow.core.runner import run_stage\n"
+        "from trtflow.core.manifest import atomic_path\nfrom trtflow.core.runner import run_stage\n"
         f"def stage():\n    {body}\n"
         f"run_stage(stage, {str(log)!r}, debug={debug})\n"
     )
@@ -42,6 +57,8 @@ def test_any_failure_is_one_line_with_the_cause_in_the_log(tmp_path, case, debug
     assert line in text
     assert ("Traceback (most recent call last)" in text) is traced
     assert ("Traceback (most recent call last)" in proc.stderr) is (traced and debug)
+    if art.parent.exists():
+        assert not list(art.parent.iterdir())  # no partial artifact
 
 
 def test_stale_temporaries_of_killed_jobs_are_removed(tmp_path):

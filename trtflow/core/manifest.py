@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -23,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from trtflow.core.errors import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,22 @@ def remove_stale_temps(final: str | Path) -> list[Path]:
     return removed
 
 
+def temp_path(final: Path) -> Path:
+    """Where ``atomic_path`` writes ``final`` until it is complete: ``.<name>.tmp-<pid>``."""
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def artifact_of(path: str | Path) -> Path:
+    """The artifact a path inside one of ``atomic_path``'s temporaries belongs to (``path``
+    itself when it is not inside one): ``r/.model.onnx.tmp-7/x`` -> ``r/model.onnx``."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        m = re.fullmatch(r"\.(.+)\.tmp-\d+", part)
+        if m:
+            return Path(*parts[:i], m.group(1))
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; move it to ``final`` only if the block succeeds (on any
@@ -111,7 +130,7 @@ def atomic_path(final: str | Path, is_dir: bool = False) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = temp_path(final)
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     try:
@@ -121,8 +140,10 @@ def atomic_path(final: str | Path, is_dir: bool = False) -> Iterator[Path]:
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         if tmp.exists():
+            if is_disk_full(exc):  # the runner's line names the artifact and what it got
+                exc.trtflow_written = (final, path_size(tmp))  # type: ignore[union-attr]
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
         raise
 

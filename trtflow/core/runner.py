@@ -8,15 +8,19 @@ allowed to call ``sys.exit``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import re
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trtflow.core.errors import TrtflowError
+from trtflow.core.errors import DISK_FULL_WORDS, TrtflowError, is_disk_full
+from trtflow.core.manifest import artifact_of
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -35,8 +39,40 @@ OS_FIXES = {
 }
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
+
+
+def describe_disk_full(exc: BaseException) -> str:
+    """The line for a full disk: the artifact being written, how much of it was, and what its
+    filesystem has free (``OSError`` ENOSPC/EDQUOT, or TensorFlow's ``ResourceExhaustedError``,
+    which names the file in its message only). ``atomic_path`` removed the partial file, so
+    the free space is what the artifact had, and it needs more than that."""
+    artifact, written = getattr(exc, "trtflow_written", (None, None))
+    path = getattr(exc, "filename", None)
+    if path is None:
+        m = re.search(r"(\S+); (?:" + "|".join(DISK_FULL_WORDS) + ")", str(exc))
+        path = m.group(1) if m else None
+    where = artifact or (artifact_of(path) if path else None)
+    said = next((w for w in DISK_FULL_WORDS if w in str(exc)), exc.__class__.__name__)
+    line = f"disk full: writing {where or '(path unknown)'} failed ({said}"
+    line += f", after {_mb(written)} of it)" if written else ")"
+    probe = Path(where or ".").absolute()
+    while not probe.is_dir() and probe != probe.parent:
+        probe = probe.parent
+    with contextlib.suppress(OSError):
+        usage = shutil.disk_usage(probe)
+        line += f"; the filesystem of {probe} has {_mb(usage.free)} free of {_mb(usage.total)}"
+        if written:
+            line += ", and it needs more than that"
+    quota = said == DISK_FULL_WORDS[1] or getattr(exc, "errno", None) == errno.EDQUOT
+    return f"{line} — fix: {OS_FIXES[errno.EDQUOT if quota else errno.ENOSPC]}"
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line for an exception that is not a TrtflowError: what failed, the path, the fix."""
+    if is_disk_full(exc):
+        return describe_disk_full(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
         where = f" ({exc.filename})" if exc.filename else ""
         fix = OS_FIXES.get(exc.errno, "see the traceback in the job's log")

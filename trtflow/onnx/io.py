@@ -93,6 +93,30 @@ def image_layout(shape: list[Any]) -> str | None:
     return None
 
 
+def explain_image_layout(shape: list[Any] | None, image_size: int | None = None) -> tuple[str, str]:
+    """``image_layout`` with its evidence, for the log: ``("NHWC" | "NCHW" | "unknown", why)``.
+    Where no single dim is the 3 channels, two dims equal to the image size decide."""
+    if shape is None or len(shape) != 4:
+        return "unknown", f"rank {len(shape) if shape is not None else '?'}, not an image batch"
+    _, d1, d2, d3 = shape
+    same = " = the image size"
+    layout = image_layout(shape)
+    if layout == "NHWC":
+        return layout, f"dim 3 is the 3 channels, dims 1-2 {d1}x{d2}" + (
+            same if d1 == d2 == image_size else ""
+        )
+    if layout == "NCHW":
+        return layout, f"dim 1 is the 3 channels, dims 2-3 {d2}x{d3}" + (
+            same if d2 == d3 == image_size else ""
+        )
+    size = f"{image_size}x{image_size}"
+    if image_size and d1 == d2 == image_size:
+        return "NHWC", f"dims 1-2 are the image size {size}, dim 3 is {d3}"
+    if image_size and d2 == d3 == image_size:
+        return "NCHW", f"dims 2-3 are the image size {size}, dim 1 is {d1}"
+    return "unknown", f"no single dim 1 or 3 is 3 channels, and no two dims are {size}"
+
+
 def to_layout(x: np.ndarray, layout: str, shape: list[Any]) -> np.ndarray:
     """Images ``x`` (in ``layout``, "NCHW" or "NHWC") as an ONNX input of ``shape`` takes them."""
     wanted = image_layout(shape)
@@ -100,3 +124,37 @@ def to_layout(x: np.ndarray, layout: str, shape: list[Any]) -> np.ndarray:
         return x
     axes = (0, 2, 3, 1) if layout == "NCHW" else (0, 3, 1, 2)
     return np.ascontiguousarray(x.transpose(axes))
+
+
+def graph_digest(model: Any) -> str:
+    """sha256 of what an ONNX model computes, blind to the names of its initializers.
+
+    tf2onnx's output differs from run to run (the same pb, fresh processes) only in which of
+    several equal constants its duplicate merging keeps, i.e. in initializer names; this digest
+    replaces every initializer reference by the initializer's dtype, dims and bytes, so two
+    conversions that compute bit-identically get the same digest and any other change (a node,
+    an attribute, a weight bit, the I/O, the opset) gives another.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    graph = model.graph
+    inits = {}
+    for t in graph.initializer:
+        nameless = type(t)()
+        nameless.CopyFrom(t)
+        nameless.ClearField("name")
+        inits[t.name] = hashlib.sha256(nameless.SerializeToString(deterministic=True)).hexdigest()
+    for key in sorted(inits.values()):
+        h.update(key.encode())
+    for node in graph.node:
+        copy = type(node)()
+        copy.CopyFrom(node)
+        copy.input[:] = [f"<init {inits[i]}>" if i in inits else i for i in node.input]
+        h.update(copy.SerializeToString(deterministic=True))
+    for part in (graph.input, graph.output, graph.value_info, model.opset_import):
+        for item in part:
+            h.update(item.SerializeToString(deterministic=True))
+    h.update(f"{model.ir_version} {model.producer_name} {model.producer_version}".encode())
+    h.update(f"{model.doc_string} {graph.name} {graph.doc_string}".encode())
+    return h.hexdigest()

@@ -7,6 +7,7 @@ import logging
 import onnx_graphsurgeon as gs
 
 from trtflow.core.errors import TrtflowError
+from trtflow.onnx.io import explain_image_layout
 from trtflow.onnx.patches.graph import _bypass, _consumers, _fmt_shape, _name, _replace_input
 from trtflow.onnx.patches.registry import PatchOptions, _change, register
 
@@ -54,7 +55,7 @@ def nchw_input(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
     composed with NCHW->NHWC); those that become identities are removed, which covers tf2onnx
     pushing the transpose into several consumers. Other consumers of the NHWC tensor (e.g. a
     Shape) get one shared Transpose back to NHWC. Inputs without a leading Transpose(0,3,1,2)
-    are left as they are.
+    are left as they are, with the layout found and why in the log (a warning for NHWC).
     """
     patch = "nchw_input"
     for index, old in enumerate(list(graph.inputs)):
@@ -65,12 +66,18 @@ def nchw_input(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
             if n.op == "Transpose" and list(n.attrs.get("perm", [])) == _TO_NCHW
         ]
         if old.shape is None or len(old.shape) != 4 or not leading:
-            log.info(
-                "%s: input %r %s has no leading Transpose(0,3,1,2): left as is (already NCHW?)",
-                patch,
-                old.name,
-                _fmt_shape(old.shape),
-            )
+            layout, evidence = explain_image_layout(old.shape, options.image_size)
+            if layout == "NCHW":
+                why = "already NCHW"
+            elif leading:
+                why = "its shape is not a known rank-4 shape, so no NCHW input can be declared"
+            else:
+                users = ", ".join(n.op for n in consumers) or "none"
+                why = f"no Transpose(0,3,1,2) to remove among its consumers ({users})"
+            (log.warning if layout == "NHWC" else log.info)(
+                "%s: input %r %s is %s (%s): left as is, %s",
+                patch, old.name, _fmt_shape(old.shape), layout, evidence, why,
+            )  # fmt: skip
             continue
         name = old.name
         n, h, w, c = old.shape
