@@ -21,12 +21,12 @@ import numpy as np
 from trtflow.core.cpu import cpu_label
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import atomic_path, read_json, sha256_path, write_json, write_manifest
+from trtflow.images.detections import coco_map, error_stats, postprocess, recall_at, split_outputs
 from trtflow.images.io import PAD_VALUE, _save_npy, list_images, preprocess_files, sample_images
 from trtflow.images.scenes import scene
 from trtflow.onnx.io import load_onnx
 from trtflow.onnx.plugins import detach_plugins, reattach_plugins
 from trtflow.quant.accuracy import _labelled_report, _labelled_set, exact_runner
-from trtflow.quant.detections import coco_map, error_stats, postprocess, recall_at, split_outputs
 from trtflow.quant.kernels import compare_speed
 from trtflow.quant.qdq import (
     CALIB_CHUNK,
