@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.core.errors import TrtflowError
-from trtflow.onnx.io import to_layout
+from trtflow.images.io import to_layout
 
 log = logging.getLogger(__name__)
 
