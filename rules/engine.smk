@@ -47,6 +47,7 @@ rule build_engine:
         target=get_target_params,
         build=get_build_params,
         timing_cache=get_timing_cache,
+        config_files=CONFIG_FILES,
         code=code_hash("engine"),
     script:
         "../scripts/build_engine.py"
@@ -69,6 +70,7 @@ rule benchmark_engine:
     params:
         target=get_target_params,
         bench=get_benchmark_engine_params,
+        config_files=CONFIG_FILES,
         code=code_hash("engine"),
     script:
         "../scripts/benchmark_engine.py"
@@ -93,6 +95,7 @@ rule check_engine_parity:
         target=get_target_params,
         tolerance=get_engine_tolerance,
         seed=config["engine"]["parity"]["seed"],
+        config_files=CONFIG_FILES,
         code=code_hash("engine"),
     script:
         "../scripts/check_engine_parity.py"

@@ -14,7 +14,7 @@ rule make_sample_images:
     resources:
         host_role=ROLE_CONVERT,
     params:
-        images=config["calibration"]["count"] + config["calibration"]["holdout"],
+        count=config["calibration"]["count"] + config["calibration"]["holdout"],
         seed=config["calibration"]["seed"],
         code=code_hash("quantize"),
     script:

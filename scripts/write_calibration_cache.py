@@ -13,7 +13,7 @@ def main(smk):
         lambda: write_trt_calibration_cache(
             smk.input.ranges,
             smk.output.cache,
-            version=smk.wildcards.trt,
+            trt_version=smk.wildcards.trt,
             algorithm=smk.params.algorithm,
             manifest_path=smk.output.manifest,
         ),

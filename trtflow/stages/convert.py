@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
-from trtflow.core.manifest import atomic_path, write_manifest
+from trtflow.core.manifest import atomic_path, read_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,17 @@ def check_opset(opset: int) -> None:
 def convert_pb_to_onnx(
     pb: str | Path,
     out_onnx: str | Path,
-    input_name: str,
-    output_name: str,
+    input_name: str | None = None,
+    output_name: str | None = None,
     opset: int = 17,
     manifest_path: str | Path | None = None,
+    pb_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Convert ``pb`` with tf2onnx (in process) and write ``out_onnx`` plus its manifest."""
+    """Convert ``pb`` with tf2onnx (in process) and write ``out_onnx`` plus its manifest.
+
+    Tensor names left out (``input_name``, ``output_name``) are the ones export_pb recorded in
+    ``pb_manifest``, else found in the graph.
+    """
     check_opset(opset)
     import onnx
     import tf2onnx
@@ -45,6 +51,12 @@ def convert_pb_to_onnx(
 
     started = time.time()
     gd = tfgraph.read_graph_def(pb)
+    if not (input_name and output_name):
+        if pb_manifest and Path(pb_manifest).is_file():
+            io = read_json(pb_manifest)["io"]
+            input_name, output_name = input_name or io["input_name"], output_name or io["output_name"]
+        else:
+            input_name, output_name = tfgraph.resolve_io(gd, input_name, output_name, str(pb))
     try:
         model_proto, _ = tf2onnx.convert.from_graph_def(
             gd, input_names=[input_name], output_names=[output_name], opset=opset
@@ -70,7 +82,8 @@ def convert_pb_to_onnx(
         stage="convert_pb_to_onnx",
         inputs={"pb": pb},
         options={"opset": opset, "input_name": input_name, "output_name": output_name},
-        command=["trtflow", "convert", "--pb", pb, "--out", out_onnx, "--opset", opset],
+        command=stage_command("convert", pb=pb, out_onnx=out_onnx, input_name=input_name,
+                              output_name=output_name, opset=opset, pb_manifest=pb_manifest),
         started=started,
         extra={
             "equivalent_tf2onnx_command": " ".join(map(str, tf2onnx_cmd)),

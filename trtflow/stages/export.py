@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import atomic_path, write_manifest
-from trtflow.tf.freeze import _flags, _freeze_saved_model, build_keras_model
+from trtflow.tf.freeze import _freeze_saved_model, build_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def export_saved_model(
         "seed": seed,
         "path": path,
     }
-    command = ["trtflow", "export-saved-model", "--out", out_dir] + _flags(options)
+    command = stage_command("export-saved-model", out_dir=out_dir, **options)
     write_manifest(
         out_dir,
         stage="export_saved_model",
@@ -127,9 +128,7 @@ def export_pb(
         "box_format": box_format,
         "decode_layout": decode_layout,
     }
-    command = ["trtflow", "export-pb", "--source-path", source_path, "--out", out_pb] + _flags(
-        options
-    )
+    command = stage_command("export-pb", source_path=source_path, out_pb=out_pb, **options)
     return write_manifest(
         out_pb,
         stage="export_pb",
