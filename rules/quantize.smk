@@ -14,7 +14,7 @@ rule make_sample_images:
     resources:
         host_role=ROLE_CONVERT,
     params:
-        count=config["calibration"]["count"] + config["calibration"]["holdout"],
+        images=config["calibration"]["count"] + config["calibration"]["holdout"],
         seed=config["calibration"]["seed"],
         code=code_hash("quantize"),
     script:
@@ -84,7 +84,7 @@ rule write_calibration_cache:
     resources:
         host_role=ROLE_CONVERT,
     params:
-        algorithm=config["int8"]["trt_cache_algorithm"],
+        trt_cache_algorithm=config["int8"]["trt_cache_algorithm"],
         code=code_hash("quantize"),
     script:
         "../scripts/write_calibration_cache.py"

@@ -11,7 +11,7 @@ def main(smk):
 
     run_stage(
         lambda: make_sample_images(
-            smk.output.images, count=smk.params.count, seed=smk.params.seed
+            smk.output.images, count=smk.params.images, seed=smk.params.seed
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

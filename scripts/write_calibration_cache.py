@@ -14,7 +14,7 @@ def main(smk):
             smk.input.ranges,
             smk.output.cache,
             trt_version=smk.wildcards.trt,
-            algorithm=smk.params.algorithm,
+            trt_cache_algorithm=smk.params.trt_cache_algorithm,
             manifest_path=smk.output.manifest,
         ),
         smk.log[0],

@@ -144,7 +144,8 @@ STAGES: tuple[Stage, ...] = (
         "trt-cache", ("write_calibration_cache",),
         "trtflow.stages.quantize:write_trt_calibration_cache",
         out="cache_out", outputs=("cache_out",), flags={"ranges_json": "ranges"},
-        schema={"algorithm": "int8.trt_cache_algorithm"},
+        aliases={"trt_cache_algorithm": ("--algorithm",)},
+        schema={"trt_cache_algorithm": "int8.trt_cache_algorithm"},
     ),
     Stage(
         "int8-gate", ("check_int8_accuracy",), "trtflow.stages.quantize:check_int8_accuracy",
@@ -169,7 +170,7 @@ STAGES: tuple[Stage, ...] = (
         "preflight", ("preflight_engine",), "trtflow.stages.engine:preflight",
         out="out_json", outputs=("out_json",), flags={"onnx_path": "onnx"},
         aliases={"sources": ("--source",)},
-        schema={"backend": "targets.*.backend", "patches": "model.patches"},
+        schema={"backend": "targets.*.backend"},
     ),
     Stage(
         "build-engine", **_target_context(("build_engine",)),
@@ -219,8 +220,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "train", ("train_model",), "trtflow.stages.train:train_yolov5",
         out="out_weights", outputs=("out_weights",),
-        schema={"variant": "model.variant", "classes": "model.classes",
-                "train_data": "train.train_data", "val_data": "train.val_data",
+        schema={"train_data": "train.train_data", "val_data": "train.val_data",
                 "epochs": "train.epochs", "batch": "train.batch", "seed": "train.seed",
                 "cos_lr": "train.cos_lr", "val_interval": "train.val_interval",
                 "hyp": "train.hyp"},

@@ -243,11 +243,12 @@ def benchmark_int8(
     int8_onnx: str | Path,
     out_json: str | Path,
     batch: int = 1,
-    warmup: int = 3,
-    iterations: int = 20,
+    warmup: int = 5,
+    iterations: int = 30,
     threads: int = 0,
 ) -> dict[str, Any]:
-    """compare_speed, logged and written to ``out_json``."""
+    """Time the INT8 ONNX against the fp32 ONNX on the CPU (one job, side by side), logged and
+    written to ``out_json``."""
     report = compare_speed(fp32_onnx, int8_onnx, batch, warmup, iterations, threads)
     for act, probe in report["int8_kernel_probes"].items():
         log.info(
@@ -406,7 +407,7 @@ def write_trt_calibration_cache(
     ranges_json: str | Path,
     cache_out: str | Path,
     trt_version: str,
-    algorithm: str = "EntropyCalibration2",
+    trt_cache_algorithm: str = "EntropyCalibration2",
     manifest_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """TensorRT implicit-INT8 calibration cache for TensorRT ``trt_version`` from ``ranges.json``.
@@ -422,7 +423,9 @@ def write_trt_calibration_cache(
         raise TrtflowError(
             f"{ranges_json} is not a ranges file ({exc})", "rerun quantize_onnx"
         ) from None
-    text, left_out = trt_cache_text(ranges, trt_version, algorithm, data.get("float_tensors", []))
+    text, left_out = trt_cache_text(
+        ranges, trt_version, trt_cache_algorithm, data.get("float_tensors", [])
+    )
     with atomic_path(cache_out) as tmp:
         tmp.write_text(text)
     entries = text.count("\n") - 1
@@ -437,9 +440,9 @@ def write_trt_calibration_cache(
         cache_out,
         stage="write_calibration_cache",
         inputs={"ranges": ranges_json},
-        options={"tensorrt_version": trt_version, "algorithm": algorithm},
+        options={"tensorrt_version": trt_version, "algorithm": trt_cache_algorithm},
         command=stage_command("trt-cache", ranges_json=ranges_json, cache_out=cache_out,
-                              trt_version=trt_version, algorithm=algorithm),  # fmt: skip
+                              trt_version=trt_version, trt_cache_algorithm=trt_cache_algorithm),
         started=started,
         extra={
             "header": text.split("\n", 1)[0],
