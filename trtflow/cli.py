@@ -106,7 +106,11 @@ def add_stage_parser(sub: Any, stage: Stage, schema: dict[str, Any]) -> argparse
         default = None if p.default is inspect.Parameter.empty else p.default
         entry = schema_entry(schema, stage.schema[p.name]) if p.name in stage.schema else {}
         helptext = entry.get("description", "") or _doc_help(doc, p.name)
-        required = p.default is inspect.Parameter.empty and p.name not in stage.derived
+        annotation = hints.get(p.name, Any)
+        optional = type(None) in typing.get_args(annotation)  # ``X | None``: may be left out
+        required = (
+            p.default is inspect.Parameter.empty and p.name not in stage.derived and not optional
+        )
         if required and "default" in entry:  # the schema is the one home of a knob's default
             default, required = entry["default"], False
         kw: dict[str, Any] = {"dest": p.name, "default": default}

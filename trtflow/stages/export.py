@@ -111,7 +111,8 @@ def export_pb(
         if source == "pb":
             shutil.copyfile(source_path, tmp)
         else:
-            tmp.write_bytes(gd.SerializeToString())
+            # deterministic: the attr maps in a fixed order, so a rerun is byte-identical
+            tmp.write_bytes(gd.SerializeToString(deterministic=True))
     log.info(
         "contract: input %s %s (%s), output %s %s",
         io.input_name,
