@@ -11,8 +11,14 @@ import pytest
 from conftest import REPO
 
 from trtflow.cli import _parser, stage_arguments
-from trtflow.core.commands import BY_COMMAND, BY_RULE, STAGES, cli_parameters, schema_entry
-from trtflow.core.commands import stage_command
+from trtflow.core.commands import (
+    BY_COMMAND,
+    BY_RULE,
+    STAGES,
+    cli_parameters,
+    schema_entry,
+    stage_command,
+)
 from trtflow.core.config import load_schema
 
 
@@ -81,8 +87,15 @@ def test_stage_command_round_trips_through_the_cli():
     ns = _parser(argv[1:]).parse_args(shlex.split(shlex.join(argv[1:])))
     assert stage_arguments(BY_COMMAND["patch"], ns) == args
 
-    argv = stage_command("quantize", onnx_in="p.onnx", calib_npy="c.npy", onnx_out="q.onnx",
-                         ranges_out="r.json", float_decode=False, float_nodes=["*model.0*"])
+    argv = stage_command(
+        "quantize",
+        onnx_in="p.onnx",
+        calib_npy="c.npy",
+        onnx_out="q.onnx",
+        ranges_out="r.json",
+        float_decode=False,
+        float_nodes=["*model.0*"],
+    )
     assert "--no-float-decode" in argv and "--no-float-head-convs" in argv
     assert argv[argv.index("--method") + 1] == "minmax"  # defaults are written too
     ns = _parser(argv[1:]).parse_args(argv[1:])

@@ -98,7 +98,8 @@ def add_stage_parser(sub: Any, stage: Stage, schema: dict[str, Any]) -> argparse
         description=f"{doc}\n\nRule(s): {', '.join(stage.rules)}; function {stage.function}.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.set_defaults(stage=stage)
+    defaults: dict[str, Any] = {}  # of list and mapping flags, filled in after parsing
+    s.set_defaults(stage=stage, list_defaults=defaults)
     hints = typing.get_type_hints(func)
     for p in cli_parameters(stage):
         kind, element = kind_of(hints.get(p.name, Any))
@@ -118,16 +119,18 @@ def add_stage_parser(sub: Any, stage: Stage, schema: dict[str, Any]) -> argparse
             helptext += f" (default: {stage.derived[p.name]})"
         if kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
-        elif kind == "list":
-            kw.update(nargs="*", type=TYPES.get(element, str))
-            kw["default"] = list(default or ())
+        elif kind == "list":  # repeatable: --x a b --x c; the default stands until given
+            kw.update(nargs="*", action="extend", type=TYPES.get(element, str), default=None)
+            defaults[p.name] = list(default or ())
             enum = entry.get("items", {})
             if "$ref" in enum:
                 enum = schema_entry(schema, enum["$ref"].rsplit("/", 1)[-1])
             if enum.get("enum") and p.name not in stage.split_commas:
                 kw["choices"] = enum["enum"]
         elif kind == "dict":
-            kw.update(nargs="*", type=_key_value, metavar="KEY=VALUE")
+            kw.update(nargs="*", action="extend", type=_key_value, metavar="KEY=VALUE")
+            kw["default"] = None
+            defaults[p.name] = default
             helptext += " (KEY=VALUE, values JSON)"
         else:
             kw["type"] = TYPES.get(kind, str)
@@ -169,6 +172,8 @@ def stage_arguments(stage: Stage, ns: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for p in cli_parameters(stage):
         value = getattr(ns, p.name)
+        if value is None and p.name in ns.list_defaults:
+            value = ns.list_defaults[p.name]
         kind, _ = kind_of(hints.get(p.name, Any))
         if kind == "dict" and value is not None and not isinstance(value, Mapping):
             value = dict(value)
@@ -197,7 +202,8 @@ def load_configs(paths: Sequence[str | Path]) -> dict[str, Any]:
     def merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(a)
         for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+            nested = isinstance(v, Mapping) and isinstance(out.get(k), dict)
+            out[k] = merge(out[k], v) if nested else v
         return out
 
     merged: dict[str, Any] = {}

@@ -135,7 +135,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "quantize", ("quantize_onnx",), "trtflow.stages.quantize:quantize_onnx",
         out="onnx_out", outputs=("onnx_out", "ranges_out"),
-        flags={"onnx_in": "onnx", "calib_npy": "calib"},
+        flags={"onnx_in": "onnx", "calib_npy": "calib"}, aliases={"float_nodes": ("--float-node",)},
         schema={"method": "int8.method", "percentile": "int8.percentile",
                 "float_decode": "int8.float_decode", "float_head_convs": "int8.float_head_convs",
                 "float_nodes": "int8.float_nodes"},
@@ -227,9 +227,7 @@ STAGES: tuple[Stage, ...] = (
     ),
 )  # fmt: skip
 
-BY_COMMAND: dict[str, Stage] = {
-    name: s for s in STAGES for name in (s.command, *s.command_aliases)
-}
+BY_COMMAND: dict[str, Stage] = {name: s for s in STAGES for name in (s.command, *s.command_aliases)}
 BY_RULE: dict[str, Stage] = {rule: s for s in STAGES for rule in s.rules}
 
 

@@ -54,7 +54,8 @@ def convert_pb_to_onnx(
     if not (input_name and output_name):
         if pb_manifest and Path(pb_manifest).is_file():
             io = read_json(pb_manifest)["io"]
-            input_name, output_name = input_name or io["input_name"], output_name or io["output_name"]
+            input_name = input_name or io["input_name"]
+            output_name = output_name or io["output_name"]
         else:
             input_name, output_name = tfgraph.resolve_io(gd, input_name, output_name, str(pb))
     try:
@@ -82,8 +83,15 @@ def convert_pb_to_onnx(
         stage="convert_pb_to_onnx",
         inputs={"pb": pb},
         options={"opset": opset, "input_name": input_name, "output_name": output_name},
-        command=stage_command("convert", pb=pb, out_onnx=out_onnx, input_name=input_name,
-                              output_name=output_name, opset=opset, pb_manifest=pb_manifest),
+        command=stage_command(
+            "convert",
+            pb=pb,
+            out_onnx=out_onnx,
+            input_name=input_name,
+            output_name=output_name,
+            opset=opset,
+            pb_manifest=pb_manifest,
+        ),
         started=started,
         extra={
             "equivalent_tf2onnx_command": " ".join(map(str, tf2onnx_cmd)),

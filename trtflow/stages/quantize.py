@@ -36,7 +36,6 @@ from trtflow.onnx.plugins import detach_plugins, reattach_plugins
 from trtflow.quant.accuracy import _labelled_report, _labelled_set, _Model
 from trtflow.quant.detections import coco_map, error_stats, postprocess, recall_at, split_outputs
 from trtflow.quant.kernels import compare_speed
-from trtflow.quant.qdq import float_nodes as kept_float
 from trtflow.quant.qdq import (
     CALIB_CHUNK,
     METHODS,
@@ -44,6 +43,7 @@ from trtflow.quant.qdq import (
     _Reader,
     model_batches,
 )
+from trtflow.quant.qdq import float_nodes as kept_float
 from trtflow.quant.trt_cache import trt_cache_text, trt_version_code
 
 log = logging.getLogger(__name__)
@@ -441,8 +441,13 @@ def write_trt_calibration_cache(
         stage="write_calibration_cache",
         inputs={"ranges": ranges_json},
         options={"tensorrt_version": trt_version, "algorithm": trt_cache_algorithm},
-        command=stage_command("trt-cache", ranges_json=ranges_json, cache_out=cache_out,
-                              trt_version=trt_version, trt_cache_algorithm=trt_cache_algorithm),
+        command=stage_command(
+            "trt-cache",
+            ranges_json=ranges_json,
+            cache_out=cache_out,
+            trt_version=trt_version,
+            trt_cache_algorithm=trt_cache_algorithm,
+        ),
         started=started,
         extra={
             "header": text.split("\n", 1)[0],

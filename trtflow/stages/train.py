@@ -83,8 +83,14 @@ def make_dataset(
         "classes": SHAPE_CLASSES,
         "seconds": round(time.time() - started, 3),
         "command": command_line(
-            stage_command("dataset", out_dir=out_dir, train_count=train_count,
-                          val_count=val_count, seed=seed, workers=workers)
+            stage_command(
+                "dataset",
+                out_dir=out_dir,
+                train_count=train_count,
+                val_count=val_count,
+                seed=seed,
+                workers=workers,
+            )
         ),  # fmt: skip
     }
     if manifest_path:
