@@ -65,7 +65,7 @@ def export_pb(
     source_path: str | Path,
     out_pb: str | Path,
     source: str = "builtin",
-    image_size: int | None = 640,
+    image_size: int | None = None,
     input_name: str | None = None,
     output_name: str | None = None,
     manifest_path: str | Path | None = None,
@@ -74,6 +74,7 @@ def export_pb(
 ) -> dict[str, Any]:
     """Freeze a SavedModel to ``model.pb``, or validate and copy a user's frozen pb.
 
+    ``image_size`` None is the size the graph's input fixes.
     The chosen input/output tensor names, shapes and layout go into the manifest, which the
     later stages read; a wrong or ambiguous name fails here, listing the names that exist.
     The graph is run on test images (``trtflow.tf.discover``): a graph without a [B,N,5+C] output
