@@ -17,6 +17,6 @@ rule benchmark_onnx:
         host_role=ROLE_CONVERT,
     params:
         bench=config["benchmark"],
-        code=code_hash("benchmark"),
+        code=code_hash("benchmark_onnx"),
     script:
         "../scripts/benchmark_onnx.py"

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
-from trtflow.core.codehash import code_hash as _code_hash  # noqa: E402
+from trtflow.core.codehash import script_hash as _script_hash  # noqa: E402
 from trtflow.core.config import validate_config  # noqa: E402
 from trtflow.core.errors import TrtflowError  # noqa: E402
 
@@ -103,11 +103,12 @@ wildcard_constraints:
 
 
 # ---------------------------------------------------------------- code that scripts import
-# Snakemake does not notice edits to modules a script imports; each rule of rules/<stage>.smk
-# passes a hash of trtflow/stages/<stage>.py and its import closure (computed from the imports,
-# trtflow/core/codehash.py) as a param, so a code change reruns exactly the stages that run it.
-def code_hash(stage):
-    return _code_hash(f"stages.{stage}")
+# Snakemake does not notice edits to modules a script imports; each rule passes a hash of the
+# trtflow code its script runs (scripts/<rule>.py -> its stage function -> the import closure of
+# what that function uses, computed from the imports: trtflow/core/codehash.py) as a param, so
+# a code change reruns exactly the rules that run it.
+def code_hash(rule):
+    return _script_hash(REPO / "scripts" / f"{rule}.py")
 
 
 # ---------------------------------------------------------------- zoo expansion

@@ -18,6 +18,6 @@ rule convert_pb_to_onnx:
         host_role=ROLE_CONVERT,
     params:
         opset=config["onnx"]["opset"],
-        code=code_hash("convert"),
+        code=code_hash("convert_pb_to_onnx"),
     script:
         "../scripts/convert_pb_to_onnx.py"

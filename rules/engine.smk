@@ -21,7 +21,7 @@ rule preflight_engine:
         host_role=ROLE_CONVERT,
     params:
         preflight=get_preflight_params,
-        code=code_hash("engine"),
+        code=code_hash("preflight_engine"),
     script:
         "../scripts/preflight_engine.py"
 
@@ -48,7 +48,7 @@ rule build_engine:
         build=get_build_params,
         timing_cache=get_timing_cache,
         config_files=CONFIG_FILES,
-        code=code_hash("engine"),
+        code=code_hash("build_engine"),
     script:
         "../scripts/build_engine.py"
 
@@ -71,7 +71,7 @@ rule benchmark_engine:
         target=get_target_params,
         bench=get_benchmark_engine_params,
         config_files=CONFIG_FILES,
-        code=code_hash("engine"),
+        code=code_hash("benchmark_engine"),
     script:
         "../scripts/benchmark_engine.py"
 
@@ -96,6 +96,6 @@ rule check_engine_parity:
         tolerance=get_engine_tolerance,
         seed=config["engine"]["parity"]["seed"],
         config_files=CONFIG_FILES,
-        code=code_hash("engine"),
+        code=code_hash("check_engine_parity"),
     script:
         "../scripts/check_engine_parity.py"

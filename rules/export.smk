@@ -17,7 +17,7 @@ rule export_saved_model:
         host_role=ROLE_TRAIN,
     params:
         model=get_export_params,
-        code=code_hash("export"),
+        code=code_hash("export_saved_model"),
     script:
         "../scripts/export_saved_model.py"
 
@@ -38,6 +38,6 @@ rule export_pb:
         host_role=ROLE_TRAIN,
     params:
         model=get_export_params,
-        code=code_hash("export"),
+        code=code_hash("export_pb"),
     script:
         "../scripts/export_pb.py"

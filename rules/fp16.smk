@@ -18,6 +18,6 @@ rule convert_onnx_to_fp16:
     resources:
         host_role=ROLE_CONVERT,
     params:
-        code=code_hash("fp16"),
+        code=code_hash("convert_onnx_to_fp16"),
     script:
         "../scripts/convert_onnx_to_fp16.py"

@@ -20,6 +20,6 @@ rule check_parity:
         host_role=ROLE_CONVERT,
     params:
         parity=get_parity_params,
-        code=code_hash("parity"),
+        code=code_hash("check_parity"),
     script:
         "../scripts/check_parity.py"

@@ -18,6 +18,6 @@ rule patch_onnx:
         host_role=ROLE_CONVERT,
     params:
         patch=get_patch_params,
-        code=code_hash("patch"),
+        code=code_hash("patch_onnx"),
     script:
         "../scripts/patch_onnx.py"

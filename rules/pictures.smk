@@ -21,6 +21,6 @@ rule render_pictures:
         host_role=ROLE_CONVERT,
     params:
         threads=config["benchmark"]["threads"],
-        code=code_hash("pictures"),
+        code=code_hash("render_pictures"),
     script:
         "../scripts/render_pictures.py"

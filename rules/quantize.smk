@@ -16,7 +16,7 @@ rule make_sample_images:
     params:
         images=config["calibration"]["count"] + config["calibration"]["holdout"],
         seed=config["calibration"]["seed"],
-        code=code_hash("quantize"),
+        code=code_hash("make_sample_images"),
     script:
         "../scripts/make_sample_images.py"
 
@@ -39,7 +39,7 @@ rule make_calibration_data:
     params:
         calib=get_calibration_params,
         listing=get_calibration_listing,
-        code=code_hash("quantize"),
+        code=code_hash("make_calibration_data"),
     script:
         "../scripts/make_calibration_data.py"
 
@@ -62,7 +62,7 @@ rule quantize_onnx:
         host_role=ROLE_CONVERT,
     params:
         int8=config["int8"],
-        code=code_hash("quantize"),
+        code=code_hash("quantize_onnx"),
     script:
         "../scripts/quantize_onnx.py"
 
@@ -85,7 +85,7 @@ rule write_calibration_cache:
         host_role=ROLE_CONVERT,
     params:
         trt_cache_algorithm=config["int8"]["trt_cache_algorithm"],
-        code=code_hash("quantize"),
+        code=code_hash("write_calibration_cache"),
     script:
         "../scripts/write_calibration_cache.py"
 
@@ -110,7 +110,7 @@ rule check_int8_accuracy:
     params:
         gate=config["int8"]["gate"],
         threads=config["benchmark"]["threads"],
-        code=code_hash("quantize"),
+        code=code_hash("check_int8_accuracy"),
     script:
         "../scripts/check_int8_accuracy.py"
 
@@ -132,6 +132,6 @@ rule benchmark_int8:
         host_role=ROLE_CONVERT,
     params:
         bench=config["benchmark"],
-        code=code_hash("quantize"),
+        code=code_hash("benchmark_int8"),
     script:
         "../scripts/benchmark_int8.py"

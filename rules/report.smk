@@ -24,7 +24,7 @@ rule render_summary:
     resources:
         host_role=ROLE_CONVERT,
     params:
-        code=code_hash("report"),
+        code=code_hash("render_summary"),
     script:
         "../scripts/render_summary.py"
 
@@ -49,7 +49,7 @@ rule render_engine_summary:
         host_role=ROLE_TARGET,
     params:
         not_run=get_not_run_targets,
-        code=code_hash("report"),
+        code=code_hash("render_engine_summary"),
     script:
         "../scripts/render_engine_summary.py"
 
@@ -115,7 +115,7 @@ rule render_report:
         host_role=ROLE_CONVERT,
     params:
         missing=get_report_missing,
-        code=code_hash("report"),
+        code=code_hash("render_report"),
     script:
         "../scripts/render_report.py"
 
@@ -137,6 +137,6 @@ rule check_gates:
     resources:
         host_role=ROLE_CONVERT,
     params:
-        code=code_hash("report"),
+        code=code_hash("check_gates"),
     script:
         "../scripts/check_gates.py"

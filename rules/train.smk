@@ -16,7 +16,7 @@ rule make_dataset:
         host_role=ROLE_TRAIN,
     params:
         dataset=config["dataset"],
-        code=code_hash("train"),
+        code=code_hash("make_dataset"),
     script:
         "../scripts/make_dataset.py"
 
@@ -40,6 +40,6 @@ rule train_model:
         host_role=ROLE_TRAIN,
     params:
         train=get_train_params,
-        code=code_hash("train"),
+        code=code_hash("train_model"),
     script:
         "../scripts/train_model.py"

@@ -317,7 +317,8 @@ def test_preflight_report(tmp_path):
     r = preflight(p, tmp_path / "r.json", "8.2.1", target="nano", dynamic=True)
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["ok"] and saved["ops_table"] == "8.2"
-    assert saved["inputs"] == [{"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float"}]
+    images = {"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}
+    assert saved["inputs"] == [images]
     assert r["findings"][0]["check"] == "int64"  # the Reshape's INT64 shape: a warning on 8.2
 
 

@@ -9,7 +9,7 @@ import pytest
 from int8_models import SIZE, tiny_detector, write_images
 
 from trtflow.core.errors import TrtflowError
-from trtflow.quant.accuracy import _Model
+from trtflow.quant.accuracy import exact_runner
 from trtflow.quant.detections import coco_map, nms, postprocess, recall_at, split_outputs
 from trtflow.stages.quantize import check_int8_accuracy
 
@@ -96,7 +96,7 @@ def test_labelled_coco_set(models, tmp_path):
 
     d = models
     files = write_images(tmp_path / "coco", 3)
-    fp32 = _Model(d / "fp32.onnx")
+    fp32 = exact_runner(d / "fp32.onnx")
     images, anns = [], []
     for i, f in enumerate(files):
         rgb = load_rgb(f)

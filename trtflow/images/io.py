@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -152,13 +151,6 @@ def preprocess_files(files: list[Path], image_size: int) -> np.ndarray:
     for i, f in enumerate(files):
         out[i] = preprocess(load_rgb(f), image_size)[0]
     return out
-
-
-def to_layout(x_nchw: np.ndarray, shape: list[Any]) -> np.ndarray:
-    """NCHW images in the layout an ONNX input of ``shape`` takes (NHWC if its last dim is 3)."""
-    if len(shape) == 4 and shape[3] == 3 and shape[1] != 3:
-        return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
-    return x_nchw
 
 
 def _save_npy(path: str | Path, arr: np.ndarray) -> None:

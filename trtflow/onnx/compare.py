@@ -18,13 +18,6 @@ def make_inputs(batch: int, image_size: int, seed: int = 0) -> np.ndarray:
     return rng.random((batch, image_size, image_size, 3), dtype=np.float32)
 
 
-def to_layout(x_nhwc: np.ndarray, shape: list[Any]) -> np.ndarray:
-    """Transpose NHWC images to what an ONNX input of ``shape`` expects."""
-    if len(shape) == 4 and shape[1] == 3 and shape[3] != 3:
-        return np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
-    return x_nhwc
-
-
 def errors(
     actual: np.ndarray, reference: np.ndarray, atol: float, rtol: float, scale: float = 1.0
 ) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reading an ONNX file: the one place that turns a missing or corrupt file into one clear line."""
+"""ONNX files and their I/O contract: loading (one line if missing or corrupt), I/O, layouts."""
 
 from __future__ import annotations
 
@@ -73,3 +73,30 @@ def io_contract(model: onnx.ModelProto) -> list[dict]:
     for value_info in model.graph.output:
         add(value_info, "output")
     return entries
+
+
+def input_contract(model: onnx.ModelProto) -> list[dict]:
+    """The inputs of ``io_contract``: one ``{name, shape, dtype}`` per graph input."""
+    return [
+        {key: e[key] for key in ("name", "shape", "dtype")}
+        for e in io_contract(model)
+        if e["kind"] == "input"
+    ]
+
+
+def image_layout(shape: list[Any]) -> str | None:
+    """``"NCHW"`` or ``"NHWC"`` for a 4-D image input shape with 3 channels (None if neither)."""
+    if len(shape) == 4 and shape[1] == 3 and shape[3] != 3:
+        return "NCHW"
+    if len(shape) == 4 and shape[3] == 3 and shape[1] != 3:
+        return "NHWC"
+    return None
+
+
+def to_layout(x: np.ndarray, layout: str, shape: list[Any]) -> np.ndarray:
+    """Images ``x`` (in ``layout``, "NCHW" or "NHWC") as an ONNX input of ``shape`` takes them."""
+    wanted = image_layout(shape)
+    if wanted is None or wanted == layout:
+        return x
+    axes = (0, 2, 3, 1) if layout == "NCHW" else (0, 3, 1, 2)
+    return np.ascontiguousarray(x.transpose(axes))

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from trtflow.onnx.compare import to_layout
+from trtflow.core.batches import in_chunks
+from trtflow.onnx.io import to_layout
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +75,36 @@ def input_for(session: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 class OnnxRunner:
-    """ONNX Runtime CPU session with one input and named outputs."""
+    """An ONNX Runtime CPU session with one image input: the one runner every stage uses.
 
-    def __init__(self, path: str | Path | Any) -> None:
+    Fed images in either layout (``"NHWC"`` or ``"NCHW"``), in any number: they are transposed to
+    the input's layout and fed in chunks of a fixed batch (``pad``: a last partial chunk padded),
+    or of ``chunk`` images for a dynamic batch (None: all at once). ``exact`` sessions run every
+    node as written (see ``make_session``).
+    """
 
-        self.session = make_session(path)
+    def __init__(
+        self,
+        model: str | Path | Any,
+        threads: int = 0,
+        exact: bool = False,
+        pad: bool = False,
+        chunk: int | None = None,
+    ) -> None:
+        self.session = make_session(model, threads, exact=exact)
         self.input = self.session.get_inputs()[0]
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.pad = pad
+        self.chunk = chunk
 
-    def __call__(self, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
-        from trtflow.tf.graph import in_chunks
-
-        x = to_layout(x_nhwc, list(self.input.shape))
+    def __call__(self, x: np.ndarray, layout: str = "NHWC") -> dict[str, np.ndarray]:
+        x = to_layout(x, layout, list(self.input.shape))
         lead = self.input.shape[0]
-        fixed = lead if isinstance(lead, int) and lead > 0 else None
-        outs = in_chunks(lambda p: self.session.run(None, {self.input.name: p}), x, fixed)
+        static = isinstance(lead, int) and lead > 0
+        outs = in_chunks(
+            lambda p: self.session.run(None, {self.input.name: p}),
+            x,
+            lead if static else self.chunk,
+            pad=self.pad or not static,
+        )
         return dict(zip(self.outputs, outs, strict=True))

@@ -13,8 +13,23 @@ from trtflow.core.errors import TrtflowError
 log = logging.getLogger(__name__)
 
 
-#: Plugin ops ONNX Runtime cannot run; detached for calibration and put back afterwards.
+#: TensorRT's plugin op names end in this (EfficientNMS_TRT, BatchedNMS_TRT, ...).
 PLUGIN_SUFFIX = "_TRT"
+
+
+def is_plugin(node: Any) -> bool:
+    """A TensorRT plugin node (ONNX Runtime cannot run it): a ``*_TRT`` op or a custom domain."""
+    return node.op_type.endswith(PLUGIN_SUFFIX) or node.domain not in ("", "ai.onnx")
+
+
+def plugin_ops(model: Any) -> list[str]:
+    """The plugin op types of an ONNX model, sorted (empty: ONNX Runtime runs all of it)."""
+    return sorted({n.op_type for n in model.graph.node if is_plugin(n)})
+
+
+def has_nms(model: Any) -> bool:
+    """Does the model end in the EfficientNMS_TRT plugin (``efficient_nms`` patch)?"""
+    return any(n.op_type == NMS_OP for n in model.graph.node)
 
 
 def detach_plugins(model: Any) -> tuple[Any, list[Any], list[Any]]:
@@ -24,13 +39,13 @@ def detach_plugins(model: Any) -> tuple[Any, list[Any], list[Any]]:
     """
     import onnx
 
-    plugins = [n for n in model.graph.node if n.op_type.endswith(PLUGIN_SUFFIX)]
+    plugins = [n for n in model.graph.node if is_plugin(n)]
     if not plugins:
         return model, [], []
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     outputs = list(stripped.graph.output)
-    keep = [n for n in stripped.graph.node if not n.op_type.endswith(PLUGIN_SUFFIX)]
+    keep = [n for n in stripped.graph.node if not is_plugin(n)]
     del stripped.graph.node[:]
     stripped.graph.node.extend(keep)
     del stripped.graph.output[:]

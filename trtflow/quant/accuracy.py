@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +19,19 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- running models
-class _Model:
-    """An ONNX (fp32 or Q/DQ) in ONNX Runtime CPU, fed NCHW images in its own layout/batch.
+def exact_runner(path: str | Path, threads: int = 0) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """An ONNX (fp32 or Q/DQ) on ONNX Runtime CPU, fed NCHW images: its outputs as a list.
 
     A Q/DQ model runs in its ``integer_form`` with graph optimisations off — TensorRT's int8
     arithmetic, the same on every CPU — never through ONNX Runtime's fused integer kernels,
-    whose results depend on the instruction set (README "INT8").
+    whose results depend on the instruction set (README "INT8"). One image per run: the
+    integer form's activations of hundreds of images would not fit in memory.
     """
+    from trtflow.onnx.ort import OnnxRunner
+    from trtflow.quant.exact import load_exact
 
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
-        from trtflow.onnx.ort import make_session
-        from trtflow.quant.exact import load_exact
-
-        self.session = make_session(load_exact(path), threads, exact=True)
-        self.input = self.session.get_inputs()[0]
-        dim0 = self.input.shape[0]
-        self.batch = dim0 if isinstance(dim0, int) and dim0 > 0 else 1
-
-    def __call__(self, x_nchw: np.ndarray) -> list[np.ndarray]:
-        from trtflow.images.io import to_layout
-
-        x = to_layout(x_nchw, list(self.input.shape))
-        chunks = []
-        for i in range(0, len(x), self.batch):
-            part = x[i : i + self.batch]
-            n = len(part)
-            if n < self.batch:  # pad a static batch with copies, drop them afterwards
-                part = np.concatenate([part, np.repeat(part[-1:], self.batch - n, axis=0)])
-            chunks.append([o[:n] for o in self.session.run(None, {self.input.name: part})])
-        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    runner = OnnxRunner(load_exact(path), threads, exact=True, pad=True, chunk=1)
+    return lambda x_nchw: list(runner(x_nchw, "NCHW").values())
 
 
 # ---------------------------------------------------------------- labelled set

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.core.errors import TrtflowError
+from trtflow.onnx.io import to_layout
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,12 @@ class _Reader:
 
 def model_batches(model: Any, x_nchw: np.ndarray) -> tuple[str, list[np.ndarray]]:
     """(input name, batches of ``x_nchw`` in the layout and static batch the model takes)."""
-    from trtflow.images.io import to_layout
 
     inp = model.graph.input[0]
     dims = [
         d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim
     ]
-    x = to_layout(x_nchw, dims)
+    x = to_layout(x_nchw, "NCHW", dims)
     size = dims[2:4] if dims[1] == 3 else dims[1:3]
     if all(isinstance(d, int) and d > 0 for d in size) and list(x_nchw.shape[2:]) != size:
         raise TrtflowError(

@@ -25,11 +25,11 @@ def benchmark_onnx(
 ) -> dict[str, Any]:
     """Time ONNX Runtime on CPU; EfficientNMS_TRT graphs are timed before the plugin."""
 
-    from trtflow.onnx.plugins import strip_nms
+    from trtflow.onnx.plugins import has_nms, strip_nms
 
     model = load_onnx(onnx_path)
-    has_nms = any(n.op_type == "EfficientNMS_TRT" for n in model.graph.node)
-    if has_nms:
+    nms = has_nms(model)
+    if nms:
         model = strip_nms(model)
     session = make_session(model, threads)
     feed = input_for(session, batch)
@@ -43,7 +43,7 @@ def benchmark_onnx(
         "cpu": cpu_info(),
         "warmup": warmup,
         "iterations": iterations,
-        "timed_before_nms": has_nms,
+        "timed_before_nms": nms,
         **stats,
         "throughput_ips": batch * 1e3 / stats["mean_ms"],
         "latencies_ms": [round(v, 4) for v in lat],

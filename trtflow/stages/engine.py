@@ -20,6 +20,7 @@ from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import read_json, sha256_path, write_json, write_manifest
 from trtflow.onnx.io import load_onnx
+from trtflow.onnx.plugins import plugin_ops
 from trtflow.trt import trtexec
 from trtflow.trt.backends import (
     _build_python,
@@ -443,13 +444,7 @@ def check_engine_parity(
     x = make_engine_input(shape, seed)
     standin = is_standin_engine(engine_path)
     model = load_onnx(onnx_path, load_external_data=False)
-    plugins = sorted(
-        {
-            n.op_type
-            for n in model.graph.node
-            if n.domain not in ("", "ai.onnx") or n.op_type.endswith("_TRT")
-        }
-    )
+    plugins = plugin_ops(model)
     report: dict[str, Any] = {
         "engine": str(engine_path),
         "onnx": str(onnx_path),

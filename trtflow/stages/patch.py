@@ -37,16 +37,11 @@ def patch_onnx(
     import onnx
 
     from trtflow.onnx.io import io_contract
-    from trtflow.onnx.patches.registry import PATCHES, PatchOptions, apply_patches
+    from trtflow.onnx.patches.registry import PatchOptions, apply_patches, check_recipe
     from trtflow.tf.discover import recorded
 
     started = time.time()
-    unknown = [p for p in patches if p not in PATCHES]
-    if unknown:
-        raise TrtflowError(
-            f"unknown patch {unknown[0]!r} in models.<name>.patches",
-            f"use one of: {', '.join(PATCHES)}",
-        )
+    check_recipe(patches, "models.<name>.patches")
     configured_recipe = list(patches)
     if box_format is None:
         box_format = recorded(pb_manifest, "box_format", "pixels")

@@ -69,7 +69,7 @@ def render_pictures(
     from PIL import Image
 
     from trtflow.images.io import load_rgb
-    from trtflow.quant.accuracy import _labelled_set, _Model
+    from trtflow.quant.accuracy import _labelled_set, exact_runner
     from trtflow.quant.detections import postprocess, split_outputs
     from trtflow.tf.graph import FrozenGraphRunner
 
@@ -79,8 +79,8 @@ def render_pictures(
     tf_run = FrozenGraphRunner(pb, io["input_name"], io["output_name"])
     outputs = {
         "TF": [tf_run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))],
-        "ONNX fp32": _Model(fp32_onnx, threads)(x),
-        "ONNX INT8": _Model(int8_onnx, threads)(x),
+        "ONNX fp32": exact_runner(fp32_onnx, threads)(x),
+        "ONNX INT8": exact_runner(int8_onnx, threads)(x),
     }
     names = [c.get("name", str(c["id"])) for c in gt.loadCats(cats)]
     pp = {"score_threshold": score_threshold, "top_k": 0, "iou_threshold": iou_threshold}

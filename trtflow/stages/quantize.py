@@ -33,7 +33,7 @@ from trtflow.images.io import PAD_VALUE, _save_npy, list_images, preprocess_file
 from trtflow.images.scenes import scene
 from trtflow.onnx.io import load_onnx
 from trtflow.onnx.plugins import detach_plugins, reattach_plugins
-from trtflow.quant.accuracy import _labelled_report, _labelled_set, _Model
+from trtflow.quant.accuracy import _labelled_report, _labelled_set, exact_runner
 from trtflow.quant.detections import coco_map, error_stats, postprocess, recall_at, split_outputs
 from trtflow.quant.kernels import compare_speed
 from trtflow.quant.qdq import (
@@ -174,7 +174,7 @@ def check_int8_accuracy(
 
     started = time.time()
     x = load_array(holdout_npy, "held-aside image array")
-    fp32, int8 = _Model(fp32_onnx, threads), _Model(int8_onnx, threads)
+    fp32, int8 = exact_runner(fp32_onnx, threads), exact_runner(int8_onnx, threads)
     pp = {"score_threshold": score_threshold, "top_k": top_k, "iou_threshold": iou_threshold,
           "max_detections": max_detections}  # fmt: skip
     boxes_f, scores_f = split_outputs(fp32(x))

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.batches import in_chunks
 from trtflow.core.errors import TrtflowError
 
 log = logging.getLogger(__name__)
@@ -169,25 +170,3 @@ class FrozenGraphRunner:
         if self.nchw:
             x = x.transpose(0, 3, 1, 2)
         return in_chunks(lambda part: self._fn(tf.constant(part)).numpy(), x, self.batch)
-
-
-def in_chunks(run: Any, x: Any, batch: int | None) -> Any:
-    """``run`` over ``x`` in chunks of a graph's fixed ``batch`` (None: all at once).
-
-    A pb exported with the batch fixed at 1 only takes one image per call; the results (an
-    array, or a list of arrays) are concatenated along the batch axis, so callers feed any
-    number of images.
-    """
-    import numpy as np
-
-    if batch is None or len(x) == batch:
-        return run(x)
-    if len(x) % batch:
-        raise TrtflowError(
-            f"{len(x)} images cannot be fed in chunks of the graph's fixed batch {batch}",
-            f"use a multiple of {batch} images (parity.batch)",
-        )
-    parts = [run(x[i : i + batch]) for i in range(0, len(x), batch)]
-    if isinstance(parts[0], (list, tuple)):
-        return [np.concatenate(field) for field in zip(*parts, strict=True)]
-    return np.concatenate(parts)

@@ -27,13 +27,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from trtflow.onnx.io import input_contract  # noqa: F401  (stages read it here)
 from trtflow.trt.targets import PLUGIN_PATCH, PLUGINS_SINCE, parse_version, plugin_available
 
 log = logging.getLogger(__name__)
 
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # Inputs where an INT64 value beyond INT32 is harmless once clamped ("to the end" sentinels).
 _CLAMP_SAFE = {("Slice", 1), ("Slice", 2)}
 
@@ -146,6 +146,8 @@ def check_int64(model: Any, version: str) -> list[Finding]:
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
+    from trtflow.onnx.patches.dtypes import fits_int32
+
     if parse_version(version)[0] >= 10:  # INT64 is a native TensorRT type since 10.0
         return []
     inits = _initializers(model)
@@ -158,7 +160,7 @@ def check_int64(model: Any, version: str) -> list[Finding]:
         if t.data_type != TensorProto.INT64:
             continue
         arr = numpy_helper.to_array(t)
-        beyond = bool(arr.size) and bool((arr > INT32_MAX).any() or (arr < INT32_MIN).any())
+        beyond = not fits_int32(arr)
         users = consumers.get(name, [])
         node = users[0][0] if users else None
         where = node.name or node.op_type if node is not None else name
@@ -237,30 +239,6 @@ def check_parser(onnx_paths: Sequence[str | Path], plugins_are_errors: bool) -> 
                         parser_fix(e.message), onnx=str(path))
             )  # fmt: skip
     return findings
-
-
-def _dim(d: Any) -> int | str:
-    return d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-
-
-def input_contract(model: Any) -> list[dict[str, Any]]:
-    """Graph inputs (not initializers): name, shape (symbolic dims as strings), dtype."""
-    from onnx import TensorProto
-
-    inits = {i.name for i in model.graph.initializer}
-    out = []
-    for i in model.graph.input:
-        if i.name in inits:
-            continue
-        tt = i.type.tensor_type
-        out.append(
-            {
-                "name": i.name,
-                "shape": [_dim(d) for d in tt.shape.dim],
-                "dtype": TensorProto.DataType.Name(tt.elem_type).lower(),
-            }
-        )
-    return out
 
 
 def check_batch(model: Any, dynamic: bool) -> list[Finding]:

@@ -67,7 +67,8 @@ def _is_int64_constant(tensor: gs.Tensor) -> bool:
     return isinstance(tensor, gs.Constant) and _np_dtype(tensor) == np.dtype(np.int64)
 
 
-def _fits_int32(values: np.ndarray) -> bool:
+def fits_int32(values: np.ndarray) -> bool:
+    """Do all ``values`` fit INT32 (TensorRT's index type)?"""
     return values.size == 0 or (values.min() >= _INT32.min and values.max() <= _INT32.max)
 
 
@@ -92,7 +93,7 @@ def int64_to_int32(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
     def int32_copy(tensor: gs.Constant, clamp: bool) -> gs.Constant:
         values = np.asarray(tensor.values)
         key = tensor.name
-        if clamp and not _fits_int32(values):
+        if clamp and not fits_int32(values):
             values = np.clip(values, _INT32.min, _INT32.max)
             key += "/clamped"
         if key not in copies:
@@ -117,7 +118,7 @@ def int64_to_int32(graph: gs.Graph, options: PatchOptions) -> gs.Graph:
                         "which is not an INT64 constant"
                     )
                 continue
-            if not all(s in clampable or _fits_int32(node.inputs[s].values) for s in members):
+            if not all(s in clampable or fits_int32(node.inputs[s].values) for s in members):
                 for s in members:
                     reasons[s] = f"{node.op} input {s}: values do not fit in int32"
                 continue

@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtflow.core.errors import TrtflowError
-from trtflow.onnx.plugins import NMS_OP, strip_nms
+from trtflow.onnx.plugins import has_nms, strip_nms
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 def _check(model: onnx.ModelProto, what: str) -> None:
     """``onnx.checker``; a model with the NMS plugin is checked without it."""
     try:
-        if any(node.op_type == NMS_OP for node in model.graph.node):
+        if has_nms(model):
             onnx.checker.check_model(strip_nms(model))
         else:
             onnx.checker.check_model(model)

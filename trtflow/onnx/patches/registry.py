@@ -89,6 +89,16 @@ def _change(patch: str, message: str, level: int = logging.INFO) -> None:
         changes.append(message)
 
 
+def check_recipe(recipe: list[str], where: str = "") -> None:
+    """Raise (one line, with the known names) if ``recipe`` names a patch that does not exist."""
+    unknown = [name for name in recipe if name not in PATCHES]
+    if unknown:
+        raise TrtflowError(
+            f"unknown patch {unknown[0]!r}{' in ' + where if where else ''}",
+            f"use one of: {', '.join(PATCHES)}",
+        )
+
+
 def apply_patches(
     model: onnx.ModelProto, recipe: list[str], options: PatchOptions
 ) -> tuple[onnx.ModelProto, list[dict]]:
@@ -98,9 +108,7 @@ def apply_patches(
     modified. Raises TrtflowError for an unknown patch name (before any work) or a patched model
     that fails ``onnx.checker``.
     """
-    unknown = [name for name in recipe if name not in PATCHES]
-    if unknown:
-        raise TrtflowError(f"unknown patch {unknown[0]!r}", f"use one of: {', '.join(PATCHES)}")
+    check_recipe(recipe)
     graph = gs.import_onnx(model)
     report: list[dict] = []
     for name in recipe:
