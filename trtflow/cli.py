@@ -184,13 +184,10 @@ def stage_arguments(stage: Stage, ns: argparse.Namespace) -> dict[str, Any]:
         if kwargs.get(name) is None:
             kwargs[name] = fmt.format(**kwargs)
     if stage.resolve:
-        module, _, name = stage.resolve.partition(":")
-        resolver = getattr(sys.modules[module], name) if module in sys.modules else None
-        if resolver is None:
-            import importlib
+        import importlib
 
-            resolver = getattr(importlib.import_module(module), name)
-        kwargs = resolver(stage, kwargs)
+        module, _, name = stage.resolve.partition(":")
+        kwargs = getattr(importlib.import_module(module), name)(stage, kwargs)
     return kwargs
 
 

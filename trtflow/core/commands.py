@@ -35,7 +35,9 @@ class Stage:
     through ``properties``/``$defs``): the flag takes its help, choices and default from the
     schema, the one home of a knob. ``derived``: a parameter left out defaults to this format of
     the other arguments (``"{pb}.manifest.json"``). ``hidden``: parameters the CLI resolves
-    (``resolve``, ``"module:function"`` of ``(kwargs) -> kwargs``) instead of taking a flag.
+    (``resolve``, ``"module:function"`` of ``(stage, kwargs) -> kwargs``) instead of taking a
+    flag. ``split_commas``: list parameters whose words may also be comma-separated (old CLI
+    spellings); ``command_aliases``: more names of the subcommand.
     """
 
     command: str
