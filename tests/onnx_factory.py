@@ -172,3 +172,89 @@ def noop_chain_model() -> onnx.ModelProto:
     y = gs.Variable("y", np.float32, [1, 2, 3, 4])
     nodes.append(gs.Node("Identity", "last_identity", inputs=[tensors[-1]], outputs=[y]))
     return _model(gs.Graph(nodes=nodes, inputs=[x], outputs=[y], opset=OPSET))
+
+
+def yolo_decode_model(
+    order: str = "y_x_anchor",
+    size: int = 32,
+    num_classes: int = 2,
+    normalized: bool = True,
+    scramble: bool = False,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """Two Conv heads (strides 2 and 4, 3 anchors) and a YOLOv5 decode the way TF exporters
+    write it: per head Reshape/Transpose into ``order`` rows, Sigmoid, Slices of the last axis,
+    ``(s*2 + grid) * stride``, ``Pow(s*2, 2) * anchors``, optionally ``/ size`` then ``* size``
+    over the whole output (as ``denormalize_boxes`` leaves it); ``scramble`` permutes the rows
+    with a Gather (a row order that is neither ``anchor_y_x`` nor ``y_x_anchor``).
+    """
+    rng = np.random.default_rng(seed)
+    na, no = 3, detector_channels(num_classes)
+    x = gs.Variable("images", np.float32, ["batch", 3, size, size])
+    nodes: list[gs.Node] = []
+
+    def add(op: str, inputs: list, name: str, **attrs: object) -> gs.Variable:
+        out = gs.Variable(f"{name}:0")
+        nodes.append(gs.Node(op, name=name, attrs=attrs, inputs=inputs, outputs=[out]))
+        return out
+
+    def const(name: str, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(name, np.ascontiguousarray(values))
+
+    def i64(*values: int) -> np.ndarray:
+        return np.array(values, np.int64)
+
+    feats, outs = x, []
+    two, inv = const("two", np.array(2.0, np.float32)), const("inv", np.array(1 / size, np.float32))
+    anchors = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119]]
+    for h, stride in enumerate((2, 4)):
+        cin = 3 if h == 0 else 8
+        w = rng.normal(0, 0.5, (8, cin, 3, 3)).astype(np.float32)
+        b = rng.normal(0, 0.1, 8).astype(np.float32)
+        feats = add("Conv", [feats, const(f"c{h}/w", w), const(f"c{h}/b", b)], f"c{h}",
+                    strides=[2, 2], pads=[1, 1, 1, 1])  # fmt: skip
+        feats = add("Relu", [feats], f"c{h}/relu")
+        w = rng.normal(0, 0.5, (na * no, 8, 1, 1)).astype(np.float32)
+        b = rng.normal(0, 0.5, na * no).astype(np.float32)
+        head = add("Conv", [feats, const(f"head{h}/w", w), const(f"head{h}/b", b)], f"head{h}")
+        g = size // stride
+        hw = g * g
+        yv, xv = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+        cells = np.stack([xv, yv], -1).reshape(hw, 2).astype(np.float32) - 0.5
+        pairs = np.asarray(anchors[h], np.float32).reshape(na, 2) * 4
+        if order == "y_x_anchor":
+            t = add("Transpose", [head], f"d{h}/nhwc", perm=[0, 2, 3, 1])
+            r = add("Reshape", [t, const(f"d{h}/shape", i64(-1, hw, na, no))], f"d{h}/rows")
+            grid, anchor_grid, axis = cells.reshape(1, hw, 1, 2), pairs.reshape(1, 1, na, 2), 3
+        else:
+            r = add("Reshape", [head, const(f"d{h}/shape", i64(-1, na, no, hw))], f"d{h}/split")
+            r = add("Transpose", [r], f"d{h}/rows", perm=[0, 1, 3, 2])
+            grid, anchor_grid, axis = cells.reshape(1, 1, hw, 2), pairs.reshape(1, na, 1, 2), 3
+        s = add("Sigmoid", [r], f"d{h}/sigmoid")
+
+        def field(a: int, b: int, h: int = h, s: gs.Variable = s, axis: int = axis) -> gs.Variable:
+            return add("Slice", [s, const(f"d{h}/s{a}", i64(a)), const(f"d{h}/e{a}", i64(b)),
+                                 const(f"d{h}/a{a}", i64(axis))], f"d{h}/slice{a}")  # fmt: skip
+
+        xy = add("Mul", [field(0, 2), two], f"d{h}/xy2")
+        xy = add("Add", [xy, const(f"d{h}/grid", grid)], f"d{h}/xy_grid")
+        xy = add("Mul", [xy, const(f"d{h}/stride", np.array(stride, np.float32))], f"d{h}/xy_px")
+        wh = add("Pow", [add("Mul", [field(2, 4), two], f"d{h}/wh2"), two], f"d{h}/wh_sq")
+        wh = add("Mul", [wh, const(f"d{h}/anchors", anchor_grid)], f"d{h}/wh_px")
+        if normalized:
+            xy = add("Mul", [xy, inv], f"d{h}/xy_norm")
+            wh = add("Mul", [wh, inv], f"d{h}/wh_norm")
+        y = add("Concat", [xy, wh, field(4, no)], f"d{h}/concat", axis=axis)
+        outs.append(add("Reshape", [y, const(f"d{h}/out", i64(-1, na * hw, no))], f"d{h}/out"))
+    y = add("Concat", outs, "concat", axis=1)
+    n = sum(na * (size // s) ** 2 for s in (2, 4))
+    if scramble:
+        perm = rng.permutation(n).astype(np.int64)
+        y = add("Gather", [y, const("scramble", perm)], "scramble", axis=1)
+    if normalized:
+        scale = np.ones(no, np.float32)
+        scale[:4] = size
+        y = add("Mul", [y, const("denormalize", scale)], "denormalize")
+    out = gs.Variable("output0", np.float32, ["batch", n, no])
+    nodes[-1].outputs = [out]
+    return _model(gs.Graph(nodes=nodes, inputs=[x], outputs=[out], opset=OPSET))

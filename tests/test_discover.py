@@ -301,11 +301,11 @@ def test_default_target_with_only_source_and_path(workdir, other_pb):
     assert parity["ok"] and parity["batch"] == 2
     assert parity["patched_vs_tf"]["output0"]["max_rel"] <= 1e-4
     steps = {s["name"]: s["changes"] for s in patched["steps"]}
-    assert steps["lean_decode"] == []
+    (fold,) = steps["fold_decode"]  # rebuilt per head in its own (y, x, anchor) row order
+    assert "(y_x_anchor)" in fold and "Slice 9 -> 0, Pow 3 -> 0" in fold, fold
     # the Resize of the neck hides the symbolic batch; the reshapes pinning 1 are freed anyway
     assert sum("shape [1, " in c and "-> [-1, " in c for c in steps["fix_batch"]) == 3
     log = (workdir.path / "logs/patch_onnx/ext/64.log").read_text()
-    assert "not trtflow's builtin anchor_y_x; left as is" in log
     assert "recipe: added denormalize_boxes" in log
     assert (
         "box_format: normalized (discovered"

@@ -411,7 +411,10 @@ def test_default_recipe_on_real_tf2onnx_model():
     assert by_step["nchw_input"]["nodes_after"] == by_step["nchw_input"]["nodes_before"] - 1
     assert by_step["fix_batch"]["nodes_after"] < by_step["fix_batch"]["nodes_before"]
     assert any("INT64 -> INT32" in c for c in by_step["int64_to_int32"]["changes"])
-    assert by_step["lean_decode"]["changes"] == []  # not trtflow's decode layout: left alone
+    # rows (y, x, anchor), xy = 2s - 0.5, wh = (2s)^2: fold_decode rebuilds it per head
+    (change,) = by_step["fold_decode"]["changes"]
+    assert "2 heads (y_x_anchor)" in change and "Slice 3 -> 0" in change, change
+    assert "Slice" not in ops(patched)
     for node in patched.graph.node:
         if node.op_type in ("Gather", "Slice"):
             for name in node.input[1:]:
@@ -426,7 +429,8 @@ def test_default_recipe_on_real_tf2onnx_model():
         np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
 
 
-def test_lean_decode_on_the_builtin_yolov5_is_bit_identical():
+@pytest.mark.parametrize("decode", ["lean_decode", "fold_decode"])
+def test_decode_rewrites_on_the_builtin_yolov5_are_bit_identical(decode):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
     import tf2onnx
@@ -438,11 +442,12 @@ def test_lean_decode_on_the_builtin_yolov5_is_bit_identical():
     spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="images"),)
     raw, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=17)
     options = PatchOptions(image_size=size)
-    without = [p for p in DEFAULT_RECIPE if p != "lean_decode"]
-    assert without != DEFAULT_RECIPE  # lean_decode is part of the default recipe
+    assert "fold_decode" in DEFAULT_RECIPE  # the default recipe's decode rewrite
+    without = [p for p in DEFAULT_RECIPE if p != "fold_decode"]
+    recipe = [decode if p == "fold_decode" else p for p in DEFAULT_RECIPE]
     plain, _ = apply_patches(raw, without, options)
-    lean, report = apply_patches(raw, DEFAULT_RECIPE, options)
-    step = next(r for r in report if r["name"] == "lean_decode")
+    lean, report = apply_patches(raw, recipe, options)
+    step = next(r for r in report if r["name"] == decode)
     assert len(step["changes"]) == 1 and "3 heads" in step["changes"][0], step
     assert ops(lean).count("Transpose") == ops(plain).count("Transpose") - 3
     assert "Slice" in ops(plain) and "Slice" not in ops(lean)
@@ -451,5 +456,44 @@ def test_lean_decode_on_the_builtin_yolov5_is_bit_identical():
     (a,) = run(plain, x)
     (b,) = run(lean, x)
     assert np.array_equal(a, b)  # the same operations on the same values
-    again, report = apply_patches(lean, ["lean_decode"], options)
-    assert report[0]["changes"] == [] and ops(again) == ops(lean)
+    again, report = apply_patches(lean, [decode], options)
+    if decode == "lean_decode":  # its own output is not the pattern it looks for
+        assert report[0]["changes"] == [] and ops(again) == ops(lean)
+    else:  # measured again, the same constants come out: the same graph
+        assert "bit-identical" in report[0]["changes"][0] and ops(again) == ops(lean)
+        (c,) = run(again, x)
+        assert np.array_equal(b, c)
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+@pytest.mark.parametrize("order", ["y_x_anchor", "anchor_y_x"])
+def test_fold_decode_rebuilds_other_exporters_decode_per_head(order, normalized):
+    model = factory.yolo_decode_model(order, size=32, normalized=normalized)
+    assert {"Slice", "Pow"} <= set(ops(model))
+    options = PatchOptions(image_size=32)
+    folded, report = apply_patches(model, ["fold_decode"], options)
+    (change,) = report[0]["changes"]
+    assert f"2 heads ({order})" in change and "Slice 6 -> 0, Pow 2 -> 0" in change, change
+    assert ops(folded).count("Transpose") == 2  # one per head
+    assert not {"Slice", "Pow", "Gather"} & set(ops(folded))
+    # the normalising / denormalising Muls are folded into the per-head constants
+    assert ops(folded).count("Mul") == 3 * 2
+    assert io_contract(folded) == io_contract(model)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).random((batch, 3, 32, 32), dtype=np.float32)
+        (a,) = run(model, x)
+        (b,) = run(folded, x)
+        assert b.shape == a.shape == (batch, 3 * (16 * 16 + 8 * 8), CH)
+        np.testing.assert_array_equal(b[..., 4:], a[..., 4:])  # scores: the same sigmoid
+        np.testing.assert_allclose(b[..., :4], a[..., :4], rtol=0, atol=32 * 1e-5)
+
+
+def test_fold_decode_leaves_an_unknown_row_order_and_a_non_yolo_decode_alone():
+    options = PatchOptions(image_size=32)
+    scrambled = factory.yolo_decode_model("y_x_anchor", scramble=True)
+    same, report = apply_patches(scrambled, ["fold_decode"], options)
+    assert report[0]["changes"] == [] and sorted(ops(same)) == sorted(ops(scrambled))
+    # every field the plain sigmoid (no xy/wh decode): wh is not (s*s)*Q, left alone
+    plain = factory.tiny_detector(num_classes=NUM_CLASSES, size=SIZE)
+    same, report = apply_patches(plain, ["fix_batch", "fold_decode"], OPTIONS)
+    assert report[-1]["changes"] == [] and "Gather" in ops(same)

@@ -200,7 +200,7 @@ def test_preflight_plugin_nodes_on_rtx_and_on_tensorrt_10(tmp_path):
 
     model, _ = apply_patches(
         factory.tiny_detector(num_classes=2, size=32),
-        [*[p for p in default_recipe() if p != "lean_decode"], "efficient_nms"],
+        [*[p for p in default_recipe() if p != "fold_decode"], "efficient_nms"],
         PatchOptions(image_size=32),
     )
     path = tmp_path / "nms.onnx"

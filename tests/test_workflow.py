@@ -53,7 +53,7 @@ def test_all_artifacts_and_summary(built):
     rows = list(csv.DictReader(open(r / "summary.csv")))
     assert [row["model"] for row in rows] == ["tiny-a", "tiny-b"]
     for row in rows:
-        # lean_decode trades tf2onnx's 4 nodes per head + 10 shared decode nodes (3 full copies
+        # fold_decode trades tf2onnx's 4 nodes per head + 10 shared decode nodes (3 full copies
         # of [B,N,5+C]) for 10 small nodes per head + 1 Concat: +9 nodes for YOLOv5's 3 heads.
         assert int(row["nodes_patched"]) <= int(row["nodes_raw"]) + 9
         assert float(row["cpu_p50_ms"]) > 0

@@ -32,7 +32,7 @@ def patch_onnx(
     ``box_format`` None takes the one export_pb recorded in ``pb_manifest`` (discovered or
     configured), else pixels; a normalized source gets ``denormalize_boxes`` if the recipe
     lacks it, so every patched ONNX emits pixels. The recorded decode row order goes to the
-    patches (``lean_decode`` leaves other orders alone).
+    patches (``lean_decode`` leaves other orders alone; ``fold_decode`` measures its own).
     """
     import onnx
 
