@@ -214,7 +214,7 @@ def get_export_params(wildcards):
 def get_patch_params(wildcards):
     m = MODELS[wildcards.model]
     return {
-        "recipe": m["patches"],
+        "patches": m["patches"],
         "image_size": int(wildcards.imgsz),
         "batch": m["batch"],
         "box_format": m["box_format"],
@@ -311,6 +311,8 @@ from trtflow.trt.targets import (  # noqa: E402
 )
 
 TARGETS = config["targets"]
+#: What the engine stages' reproduce commands pass as --config (the target comes from there).
+CONFIG_FILES = config_files()
 ENGINE = "results/engine/{target}/{model}/{imgsz}/{precision}/{profile}.engine"
 ENGINE_BENCH = "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
 ENGINE_PARITY = "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"

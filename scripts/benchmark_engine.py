@@ -24,6 +24,7 @@ def main(smk):
             use_cuda_graph=b["use_cuda_graph"],
             no_data_transfers=b["no_data_transfers"],
             profile_layers=b["profile_layers"],
+            config=smk.params.config,
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

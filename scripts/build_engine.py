@@ -29,6 +29,7 @@ def main(smk):
             qdq_onnx=smk.input.get("qdq_onnx"),
             fp16_onnx=smk.input.get("fp16_onnx"),
             manifest_path=smk.output.manifest,
+            config=smk.params.config,
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

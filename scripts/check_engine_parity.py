@@ -20,6 +20,7 @@ def main(smk):
             spec=smk.config["targets"][target],
             tolerance={smk.wildcards.precision: dict(smk.params.tolerance)},
             seed=smk.params.seed,
+            config=smk.params.config,
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

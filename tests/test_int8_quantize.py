@@ -32,7 +32,7 @@ def quantized(tmp_path_factory):
         d / "calib.npy",
         d / "qdq.onnx",
         d / "ranges.json",
-        keep_head_convs_float=True,
+        float_head_convs=True,
     )
     return d, m
 

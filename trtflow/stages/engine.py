@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import read_json, sha256_path, write_json, write_manifest
 from trtflow.onnx.io import load_onnx
@@ -153,20 +154,22 @@ def build_engine(
     *,
     target: str,
     spec: dict[str, Any],
-    precision: str,
-    profile: str,
+    precision: str = "fp16",
+    profile: str = "b1",
     image_size: int,
     timing_cache: str | Path | None = None,
     calibration_cache: str | Path | None = None,
     qdq_onnx: str | Path | None = None,
     fp16_onnx: str | Path | None = None,
     manifest_path: str | Path | None = None,
+    config: Sequence[str | Path] = ("config.yaml",),
 ) -> dict[str, Any]:
     """Build one TensorRT engine of ``onnx_path`` on ``target`` and write its manifest.
 
     int8 (and best) need a calibration cache or a Q/DQ ONNX (then that ONNX is built).
     TensorRT-RTX targets build fp16 from ``fp16_onnx`` (strongly typed: no fp16 flag).
     The timing cache is per target, shared by its builds, updated after each one.
+    ``config``: the config file(s) that define ``target`` (for the manifest's command).
     """
     started = time.time()
     if precision not in spec.get("precisions", ["fp32", "fp16"]):
@@ -189,15 +192,13 @@ def build_engine(
     io = onnx_input(source)
     _check_target_available(target, spec)
     workspace = int(spec.get("workspace_mib", 1024))
+    reproduce = stage_command(
+        "build-engine", onnx_path=onnx_path, engine_path=engine_path, target=target,
+        precision=precision, profile=profile, image_size=image_size, timing_cache=timing_cache,
+        calibration_cache=calibration_cache, qdq_onnx=qdq_onnx, fp16_onnx=fp16_onnx,
+        config=list(config),
+    )  # fmt: skip
     if backend_of(spec) in PYTHON_BACKENDS:
-        optional = {"--timing-cache": timing_cache, "--calibration-cache": calibration_cache,
-                    "--qdq-onnx": qdq_onnx, "--fp16-onnx": fp16_onnx}  # fmt: skip
-        command = [
-            "trtflow", "build-engine", "--target", target, "--onnx", str(onnx_path),
-            "--out", str(engine_path), "--precision", precision, "--profile", profile,
-            "--image-size", str(image_size),
-            *[a for flag, v in optional.items() if v for a in (flag, str(v))],
-        ]  # fmt: skip
         return _build_python(
             source,
             engine_path,
@@ -213,7 +214,7 @@ def build_engine(
             started,
             profile,
             image_size,
-            command,
+            reproduce,
         )
     gen = generation(str(spec["tensorrt"]), target)
     argv = trtexec.build_argv(
@@ -269,7 +270,7 @@ def build_engine(
             "qdq": bool(qdq_onnx),
             "flags": argv[1:],
         },
-        command=argv,
+        command=reproduce,
         started=started,
         extra={
             "target": target,
@@ -304,6 +305,7 @@ def benchmark_engine(
     use_cuda_graph: bool = False,
     no_data_transfers: bool = False,
     profile_layers: bool = True,
+    config: Sequence[str | Path] = ("config.yaml",),
 ) -> dict[str, Any]:
     """Time an engine on its target (batch = the profile's opt batch); GPU compute and host
     latency separately, p50/p90/p99, throughput — parsed from trtexec's JSON exports."""
@@ -330,7 +332,13 @@ def benchmark_engine(
                 iterations=iterations,
                 library=PYTHON_BACKENDS[backend_of(spec)],
             )
-        argv: list[str] = ["trtflow", "benchmark-engine", "--engine", str(engine_path)]
+        argv: list[str] = stage_command(
+            "benchmark-engine", engine_path=engine_path, engine_manifest=engine_manifest,
+            out_json=out_json, target=target, warmup_ms=warmup_ms, iterations=iterations,
+            duration_s=duration_s, use_cuda_graph=use_cuda_graph,
+            no_data_transfers=no_data_transfers, profile_layers=profile_layers,
+            config=list(config),
+        )  # fmt: skip
         exports: dict[str, Any] = {}
         probed: dict[str, str | None] = {
             "tensorrt": summary.pop("tensorrt", None),
@@ -416,6 +424,7 @@ def check_engine_parity(
     spec: dict[str, Any],
     tolerance: dict[str, dict[str, float]],
     seed: int = 0,
+    config: Sequence[str | Path] = ("config.yaml",),
 ) -> dict[str, Any]:
     """Engine outputs vs ONNX Runtime on the same raw input (trtexec --loadInputs /
     --exportOutput); tolerance per precision. Raises when beyond tolerance."""
@@ -462,7 +471,11 @@ def check_engine_parity(
             engine_out = run_engine_python(
                 engine_path, {io["name"]: x}, PYTHON_BACKENDS[backend_of(spec)]
             )
-        argv: list[str] = ["trtflow", "check-engine-parity", "--engine", str(engine_path)]
+        argv: list[str] = stage_command(
+            "check-engine-parity", engine_path=engine_path, engine_manifest=engine_manifest,
+            onnx_path=onnx_path, out_json=out_json, target=target, seed=seed,
+            config=list(config),
+        )  # fmt: skip
     else:
         argv = trtexec.parity_argv(
             str(spec["tensorrt"]),
