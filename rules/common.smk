@@ -312,7 +312,9 @@ from trtflow.trt.targets import (  # noqa: E402
 
 TARGETS = config["targets"]
 #: What the engine stages' reproduce commands pass as --config (the target comes from there).
-CONFIG_FILES = config_files()
+#: Not a param: naming the same settings in another file must not rebuild an engine. Every job
+#: sees it: local jobs inherit this environment, cluster/remote jobs parse this file again.
+os.environ["TRTFLOW_CONFIG_FILES"] = os.pathsep.join(config_files())
 ENGINE = "results/engine/{target}/{model}/{imgsz}/{precision}/{profile}.engine"
 ENGINE_BENCH = "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
 ENGINE_PARITY = "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"

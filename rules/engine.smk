@@ -2,8 +2,8 @@
 # The target's declared TensorRT version/device and every build option are params, so a change
 # to any of them rebuilds exactly the affected engines; how a target is reached (host, user,
 # port, trtexec path) is read from the config at run time and never triggers a rebuild.
-# params.config names the config file(s) merged (config.yaml, then each --configfile): the
-# manifest's reproduce command passes them as --config to find the target.
+# The manifest's reproduce command passes the config file(s) merged (config.yaml, then each
+# --configfile; $TRTFLOW_CONFIG_FILES, set by common.smk) as --config to find the target.
 
 
 rule preflight_engine:
@@ -49,7 +49,6 @@ rule build_engine:
         target=get_target_params,
         build=get_build_params,
         timing_cache=get_timing_cache,
-        config=CONFIG_FILES,
         code=code_hash("build_engine"),
     script:
         "../scripts/build_engine.py"
@@ -72,7 +71,6 @@ rule benchmark_engine:
     params:
         target=get_target_params,
         bench=get_benchmark_engine_params,
-        config=CONFIG_FILES,
         code=code_hash("benchmark_engine"),
     script:
         "../scripts/benchmark_engine.py"
@@ -97,7 +95,6 @@ rule check_engine_parity:
         target=get_target_params,
         tolerance=get_engine_tolerance,
         seed=config["engine"]["parity"]["seed"],
-        config=CONFIG_FILES,
         code=code_hash("check_engine_parity"),
     script:
         "../scripts/check_engine_parity.py"
