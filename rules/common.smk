@@ -523,13 +523,29 @@ def _engine_results():
     return [list(per_engine) for per_engine in zip(*columns)]
 
 
+def _run_builds_engines():
+    """Does this run build the engines itself (`all`, the default, or `engine`)? Not inside a
+    job of a cluster/remote run (it takes what the run made), nor for `snakemake report`."""
+    dag = workflow.dag_settings
+    if dag.target_jobs:
+        return False
+    targets = set(dag.targets)
+    return not targets or bool(targets & {"all", "engine"})
+
+
 def get_report_engine_results(wildcards):
-    """The engine results that exist when the DAG is built: the report never waits for (or
-    fails with) a device job; run `snakemake engine` (or the device host) first."""
+    """The engine results of the report. In a run that builds the engines, the ones it makes
+    (built everywhere; timed and checked where the target runs here): the report comes after
+    them, and shows them. Asked alone, the ones that exist when the DAG is built: the report
+    never waits for (or fails with) a device job; run `snakemake engine` (or the device) first."""
     out = {kind: [] for kind in ENGINE_RESULTS if kind != "preflight"}
-    for per_engine in _engine_results():
+    builds = _run_builds_engines()
+    for target, per_engine in zip(engine_zoo("{target}"), _engine_results()):
+        made = builds and target_runs_here(target)
         for kind, path, _ in per_engine:
-            if kind in out and Path(path).exists():
+            if kind not in out:
+                continue
+            if Path(path).exists() or (builds and (made or kind == "engine_manifests")):
                 out[kind].append(path)
     return out
 
