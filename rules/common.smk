@@ -214,7 +214,7 @@ def get_export_params(wildcards):
 def get_patch_params(wildcards):
     m = MODELS[wildcards.model]
     return {
-        "recipe": m["patches"],
+        "patches": m["patches"],
         "image_size": int(wildcards.imgsz),
         "batch": m["batch"],
         "box_format": m["box_format"],
@@ -308,6 +308,10 @@ from trtflow.trt.targets import (  # noqa: E402
 
 # The configured targets, typed (trtflow.trt.targets.Target), by name.
 TARGETS = {name: Target.of(name, spec) for name, spec in config["targets"].items()}
+#: What the engine stages' reproduce commands pass as --config (the target comes from there).
+#: Not a param: naming the same settings in another file must not rebuild an engine. Every job
+#: sees it: local jobs inherit this environment, cluster/remote jobs parse this file again.
+os.environ["TRTFLOW_CONFIG_FILES"] = os.pathsep.join(config_files())
 ENGINE = "results/engine/{target}/{model}/{imgsz}/{precision}/{profile}.engine"
 ENGINE_BENCH = "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
 ENGINE_PARITY = "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
@@ -516,13 +520,29 @@ def _engine_results():
     return [list(per_engine) for per_engine in zip(*columns)]
 
 
+def _run_builds_engines():
+    """Does this run build the engines itself (`all`, the default, or `engine`)? Not inside a
+    job of a cluster/remote run (it takes what the run made), nor for `snakemake report`."""
+    dag = workflow.dag_settings
+    if dag.target_jobs:
+        return False
+    targets = set(dag.targets)
+    return not targets or bool(targets & {"all", "engine"})
+
+
 def get_report_engine_results(wildcards):
-    """The engine results that exist when the DAG is built: the report never waits for (or
-    fails with) a device job; run `snakemake engine` (or the device host) first."""
+    """The engine results of the report. In a run that builds the engines, the ones it makes
+    (built everywhere; timed and checked where the target runs here): the report comes after
+    them, and shows them. Asked alone, the ones that exist when the DAG is built: the report
+    never waits for (or fails with) a device job; run `snakemake engine` (or the device) first."""
     out = {kind: [] for kind in ENGINE_RESULTS if kind != "preflight"}
-    for per_engine in _engine_results():
+    builds = _run_builds_engines()
+    for target, per_engine in zip(engine_zoo("{target}"), _engine_results()):
+        made = builds and target_runs_here(target)
         for kind, path, _ in per_engine:
-            if kind in out and Path(path).exists():
+            if kind not in out:
+                continue
+            if Path(path).exists() or (builds and (made or kind == "engine_manifests")):
                 out[kind].append(path)
     return out
 

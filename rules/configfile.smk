@@ -11,11 +11,22 @@ from trtflow.core.config import read_yaml  # noqa: E402
 from trtflow.core.errors import TrtflowError  # noqa: E402
 
 
-def check_config_files():
+def config_files():
+    """The config files Snakemake merges, in order: config.yaml, then each --configfile
+    (relative to the working directory where they are under it)."""
     files = [*workflow.overwrite_configfiles]
     if Path("config.yaml").exists():
         files.insert(0, "config.yaml")
-    for path in files:
+    here = Path.cwd().resolve()
+    out = []
+    for f in files:
+        p = Path(f).resolve()
+        out.append(str(p.relative_to(here)) if p.is_relative_to(here) else str(f))
+    return out
+
+
+def check_config_files():
+    for path in config_files():
         try:
             read_yaml(path)
         except TrtflowError as exc:

@@ -84,7 +84,7 @@ rule write_calibration_cache:
     resources:
         host_role=ROLE_CONVERT,
     params:
-        algorithm=config["int8"]["trt_cache_algorithm"],
+        trt_cache_algorithm=config["int8"]["trt_cache_algorithm"],
         code=code_hash("write_calibration_cache"),
     script:
         "../scripts/write_calibration_cache.py"

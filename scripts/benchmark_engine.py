@@ -1,5 +1,6 @@
 """Snakemake adapter of rule benchmark_engine -> trtflow.stages.engine.benchmark_engine."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def main(smk):
             use_cuda_graph=b["use_cuda_graph"],
             no_data_transfers=b["no_data_transfers"],
             profile_layers=b["profile_layers"],
+            config=os.environ.get("TRTFLOW_CONFIG_FILES", "").split(os.pathsep),
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

@@ -4,6 +4,7 @@ The target's connection details (host, user, port, trtexec path) come from the c
 from params, so that moving a device to a new address does not rebuild its engines.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def main(smk):
             qdq_onnx=smk.input.get("qdq_onnx"),
             fp16_onnx=smk.input.get("fp16_onnx"),
             manifest_path=smk.output.manifest,
+            config=os.environ.get("TRTFLOW_CONFIG_FILES", "").split(os.pathsep),
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

@@ -1,5 +1,6 @@
 """Snakemake adapter of rule check_engine_parity -> trtflow.stages.engine.check_engine_parity."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def main(smk):
             spec=smk.config["targets"][target],
             tolerance={smk.wildcards.precision: dict(smk.params.tolerance)},
             seed=smk.params.seed,
+            config=os.environ.get("TRTFLOW_CONFIG_FILES", "").split(os.pathsep),
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

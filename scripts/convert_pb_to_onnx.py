@@ -8,20 +8,18 @@ def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
     from trtflow.core.runner import run_stage
     from trtflow.stages.convert import convert_pb_to_onnx
-    from trtflow.tf.freeze import pb_io
 
-    def stage():
-        io = pb_io(smk.input.pb_manifest)
-        return convert_pb_to_onnx(
+    run_stage(
+        lambda: convert_pb_to_onnx(
             smk.input.pb,
             smk.output.onnx,
-            io["input_name"],
-            io["output_name"],
             opset=smk.params.opset,
             manifest_path=smk.output.manifest,
-        )
-
-    run_stage(stage, smk.log[0], model=smk.wildcards.get("model"))
+            pb_manifest=smk.input.pb_manifest,
+        ),
+        smk.log[0],
+        model=smk.wildcards.get("model"),
+    )
 
 
 if __name__ == "__main__":

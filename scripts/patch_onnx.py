@@ -14,7 +14,7 @@ def main(smk):
         lambda: patch_onnx(
             smk.input.onnx,
             smk.output.onnx,
-            recipe=p["recipe"],
+            patches=p["patches"],
             image_size=p["image_size"],
             batch=p["batch"],
             box_format=p["box_format"],

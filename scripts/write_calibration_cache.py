@@ -13,8 +13,8 @@ def main(smk):
         lambda: write_trt_calibration_cache(
             smk.input.ranges,
             smk.output.cache,
-            version=smk.wildcards.trt,
-            algorithm=smk.params.algorithm,
+            trt_version=smk.wildcards.trt,
+            trt_cache_algorithm=smk.params.trt_cache_algorithm,
             manifest_path=smk.output.manifest,
         ),
         smk.log[0],

@@ -94,3 +94,29 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         timeout=timeout,
         cwd=REPO,
     )
+
+
+def reproduce(workdir: Path, manifest: Path, out: Path) -> tuple[dict, Path, list[str]]:
+    """Run the ``command`` a manifest records, from ``workdir``, with its written paths moved
+    under ``out``: (the manifest, the new artifact, the argv run)."""
+    import json
+    import shlex
+
+    from trtflow.core.commands import BY_COMMAND, out_flags
+
+    man = json.loads(manifest.read_text())
+    argv = shlex.split(man["command"])
+    assert argv[0] == "trtflow", man["command"]
+    stage = BY_COMMAND[argv[1]]
+    artifact = None
+    for flag in out_flags(stage):
+        if flag in argv:
+            i = argv.index(flag) + 1
+            argv[i] = str(out / flag.lstrip("-") / Path(argv[i]).name)
+            artifact = Path(argv[i]) if flag == "--out" else artifact
+    assert artifact is not None, f"{man['command']}: no --out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "trtflow", *argv[1:]], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, f"{shlex.join(argv)}:\n{proc.stderr[-4000:]}"
+    return man, artifact, argv

@@ -81,7 +81,8 @@ def test_build_benchmark_parity_over_ssh(tmp_path, device):
     assert m["transport"] == "ssh" and m["standin"]
     assert m["tensorrt"] == {"declared": "8.2.1", "probed": "8.2.1"}
     assert m["device"]["probed"] == "STAND-IN GPU"
-    assert "--workspace=1024" in m["command"] and "--explicitBatch" in m["command"]
+    device_line = " ".join(m["work_dir_command"])  # "command" is the trtflow line
+    assert "--workspace=1024" in device_line and "--explicitBatch" in device_line
     assert m["work_dir_command"][0] == "ssh" and "127.0.0.1" in " ".join(m["work_dir_command"])
     assert cache.is_file()
     man = Path(f"{engine}.manifest.json")

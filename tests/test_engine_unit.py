@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -512,7 +513,9 @@ def test_local_build_benchmark_parity_with_standin(tmp_path):
     )
     assert m["standin"] and m["tensorrt"] == {"declared": "10.3", "probed": "10.3.0"}
     assert m["inputs"]["onnx"]["sha256"] == m["onnx_sha256"]
-    assert m["command"].startswith(str(spec["trtexec"])) and "--memPoolSize" in m["command"]
+    device_line = m["work_dir_command"]  # what ran on the device; "command" reproduces the engine
+    assert device_line[0] == str(spec["trtexec"]) and "--memPoolSize" in " ".join(device_line)
+    assert m["command"].startswith("trtflow build-engine --onnx")
     assert cache.read_bytes().startswith(b"TRTFLOW-STANDIN-TIMING-CACHE")
     man = Path(f"{engine}.manifest.json")
     b = benchmark_engine(
@@ -640,6 +643,18 @@ def test_cli_engine_commands(tmp_path):
         "32",
     )
     assert r.returncode == 0, r.stderr
+    # the manifest's command reproduces the engine (the stand-in's fake plan is deterministic)
+    man = json.loads(Path(f"{engine}.manifest.json").read_text())
+    argv = shlex.split(man["command"])
+    assert argv[:2] == ["trtflow", "build-engine"]
+    assert argv[argv.index("--config") + 1 :][:1] == [str(tmp_path / "c.yaml")]
+    for flag, value in (("--target", "t"), ("--precision", "fp16"), ("--image-size", "32")):
+        assert argv[argv.index(flag) + 1] == value
+    argv[argv.index("--out") + 1] = str(tmp_path / "again.engine")
+    r = cli(*argv[1:])
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "again.engine.manifest.json").read_text())
+    assert again["sha256"] == man["sha256"] and again["options"] == man["options"]
     r = cli(
         "benchmark-engine",
         "--config",

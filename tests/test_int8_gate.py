@@ -9,8 +9,8 @@ import pytest
 from int8_models import SIZE, tiny_detector, write_images
 
 from trtflow.core.errors import TrtflowError
+from trtflow.images.detections import coco_map, nms, postprocess, recall_at, split_outputs
 from trtflow.quant.accuracy import exact_runner
-from trtflow.quant.detections import coco_map, nms, postprocess, recall_at, split_outputs
 from trtflow.stages.quantize import check_int8_accuracy
 
 

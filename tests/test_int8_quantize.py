@@ -12,7 +12,7 @@ from int8_models import SIZE, tiny_detector
 from onnx import helper, numpy_helper
 
 from trtflow.core.errors import TrtflowError
-from trtflow.quant.detections import error_stats
+from trtflow.images.detections import error_stats
 from trtflow.quant.exact import integer_form, load_exact
 from trtflow.quant.kernels import load_for_cpu, qdq_s8_to_u8, stem_space_to_depth
 from trtflow.quant.qdq import decode_nodes, float_nodes
@@ -32,7 +32,7 @@ def quantized(tmp_path_factory):
         d / "calib.npy",
         d / "qdq.onnx",
         d / "ranges.json",
-        keep_head_convs_float=True,
+        float_head_convs=True,
     )
     return d, m
 

@@ -72,6 +72,18 @@ def test_snakemake_int8_end_to_end(tmp_path):
     assert (wd / "logs/quantize_onnx/toy/64.log").is_file()
     assert (wd / "benchmarks/quantize_onnx/toy/64.tsv").is_file()
 
+    # each manifest's command makes the same bytes again (sampling and calibration are seeded)
+    from conftest import reproduce
+
+    from trtflow.core.manifest import sha256_path
+
+    manifests = sorted(res.rglob("*.manifest.json"))
+    stages = {json.loads(p.read_text())["stage"] for p in manifests}
+    assert stages == {"make_calibration_data", "quantize_onnx", "write_calibration_cache"}
+    for i, path in enumerate(manifests):
+        man, artifact, _ = reproduce(wd, path, tmp_path / "again" / str(i))
+        assert sha256_path(artifact) == man["sha256"], man["command"]
+
 
 def test_bad_calibration_folder_fails_the_job_cleanly(tmp_path):
     (tmp_path / "imgs").mkdir()

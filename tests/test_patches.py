@@ -167,7 +167,7 @@ def test_nchw_input_states_an_nhwc_input_it_cannot_transpose(caplog):
      ([1, 64, 64], "unknown"), (None, "unknown")],
 )  # fmt: skip
 def test_image_layout(shape, layout):
-    from trtflow.onnx.io import explain_image_layout
+    from trtflow.images.io import explain_image_layout
 
     assert explain_image_layout(shape, 64)[0] == layout
 

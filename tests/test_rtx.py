@@ -351,7 +351,8 @@ def test_real_build(variant, precision, profile, onnx_key):
     assert man["compute_capabilities"] == ["8.6"] and man["ahead_of_time"] is True
     built_from = {"int8": "qdq", "fp16": "fp16"}.get(precision, onnx_key)
     assert man["inputs"]["onnx"]["path"] == str(variant[built_from])
-    assert man["command"].startswith("trtflow build-engine --target rtx")
+    assert man["command"].startswith("trtflow build-engine --onnx")
+    assert " --target rtx " in man["command"] and f" --image-size {SIZE} " in man["command"]
     assert not (variant["dir"] / "timing.cache").exists()  # a no-op in TensorRT-RTX >= 1.2
 
 

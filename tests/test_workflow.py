@@ -102,6 +102,63 @@ def test_patch_option_change_reruns_exactly_that_model(built):
     assert wd.planned_jobs() == {}
 
 
+def _saved_model_values(path) -> list[bytes]:
+    """A SavedModel's variable values, sorted: Keras's export numbers the variables in an order
+    that changes from process to process (same values, other slots), so its bytes differ."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+    names = [k for k in reader.get_variable_to_shape_map() if k.endswith("VARIABLE_VALUE")]
+    return sorted(reader.get_tensor(k).tobytes() for k in names)
+
+
+def _onnx_function(path) -> tuple[list[str], list[bytes]]:
+    """What tf2onnx makes the same in every process: its operators and its outputs on one
+    input. Not its bytes: the numbers in its generated names (``roi__162``) come from a global
+    counter that its optimizer passes advance in set order, which Python's per-process string
+    hashing changes."""
+    import onnx
+
+    from trtflow.onnx.compare import make_inputs
+    from trtflow.onnx.ort import OnnxRunner
+
+    ops = sorted(n.op_type for n in onnx.load(str(path)).graph.node)
+    outputs = OnnxRunner(str(path))(make_inputs(1, 64, 0))
+    return ops, [v.tobytes() for v in outputs.values()]
+
+
+def test_every_manifest_command_reproduces_its_artifact(built, tmp_path):
+    """Each manifest's ``command``, run from a fresh shell in the zoo with --out moved, writes
+    the same artifact: the same sha256 where the tool is deterministic (the frozen pb, written
+    with a deterministic serialisation, and the patched ONNX); tf2onnx's ONNX has the same
+    operators and outputs (_onnx_function), the SavedModel the same variable values
+    (_saved_model_values). The new manifest records the line that was run, so the command is
+    complete: nothing the stage was called with is left out."""
+    import shlex
+
+    from conftest import reproduce
+
+    from trtflow.core.manifest import sha256_path
+
+    wd, _ = built
+    results = wd.path / "results"
+    manifests = sorted(p for p in results.rglob("*.manifest.json") if "tiny-a" in p.parts)
+    stages = {json.loads(p.read_text())["stage"]: p for p in manifests}
+    assert set(stages) == {"export_saved_model", "export_pb", "convert_pb_to_onnx", "patch_onnx"}
+    for stage, path in stages.items():
+        man, artifact, argv = reproduce(wd.path, path, tmp_path / stage)
+        new = json.loads((artifact.parent / f"{artifact.name}.manifest.json").read_text())
+        assert shlex.split(new["command"]) == argv, stage
+        assert new["options"] == man["options"], stage
+        assert new["inputs"] == man["inputs"], stage
+        if stage == "export_saved_model":
+            assert _saved_model_values(artifact) == _saved_model_values(wd.path / man["artifact"])
+        elif stage == "convert_pb_to_onnx":
+            assert _onnx_function(artifact) == _onnx_function(wd.path / man["artifact"])
+        else:
+            assert sha256_path(artifact) == man["sha256"], stage
+
+
 # ---------------------------------------------------------------- the report (README "Report")
 def _report(wd) -> tuple[str, dict]:
     """`snakemake --report report.html` in the zoo: the page and its results' JSON."""

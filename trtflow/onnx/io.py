@@ -84,48 +84,6 @@ def input_contract(model: onnx.ModelProto) -> list[dict]:
     ]
 
 
-def image_layout(shape: list[Any]) -> str | None:
-    """``"NCHW"`` or ``"NHWC"`` for a 4-D image input shape with 3 channels (None if neither)."""
-    if len(shape) == 4 and shape[1] == 3 and shape[3] != 3:
-        return "NCHW"
-    if len(shape) == 4 and shape[3] == 3 and shape[1] != 3:
-        return "NHWC"
-    return None
-
-
-def explain_image_layout(shape: list[Any] | None, image_size: int | None = None) -> tuple[str, str]:
-    """``image_layout`` with its evidence, for the log: ``("NHWC" | "NCHW" | "unknown", why)``.
-    Where no single dim is the 3 channels, two dims equal to the image size decide."""
-    if shape is None or len(shape) != 4:
-        return "unknown", f"rank {len(shape) if shape is not None else '?'}, not an image batch"
-    _, d1, d2, d3 = shape
-    same = " = the image size"
-    layout = image_layout(shape)
-    if layout == "NHWC":
-        return layout, f"dim 3 is the 3 channels, dims 1-2 {d1}x{d2}" + (
-            same if d1 == d2 == image_size else ""
-        )
-    if layout == "NCHW":
-        return layout, f"dim 1 is the 3 channels, dims 2-3 {d2}x{d3}" + (
-            same if d2 == d3 == image_size else ""
-        )
-    size = f"{image_size}x{image_size}"
-    if image_size and d1 == d2 == image_size:
-        return "NHWC", f"dims 1-2 are the image size {size}, dim 3 is {d3}"
-    if image_size and d2 == d3 == image_size:
-        return "NCHW", f"dims 2-3 are the image size {size}, dim 1 is {d1}"
-    return "unknown", f"no single dim 1 or 3 is 3 channels, and no two dims are {size}"
-
-
-def to_layout(x: np.ndarray, layout: str, shape: list[Any]) -> np.ndarray:
-    """Images ``x`` (in ``layout``, "NCHW" or "NHWC") as an ONNX input of ``shape`` takes them."""
-    wanted = image_layout(shape)
-    if wanted is None or wanted == layout:
-        return x
-    axes = (0, 2, 3, 1) if layout == "NCHW" else (0, 3, 1, 2)
-    return np.ascontiguousarray(x.transpose(axes))
-
-
 def graph_digest(model: Any) -> str:
     """sha256 of what an ONNX model computes, blind to the names of its initializers.
 

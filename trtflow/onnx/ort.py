@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.core.batches import in_chunks
-from trtflow.onnx.io import to_layout
+from trtflow.images.io import to_layout
 
 log = logging.getLogger(__name__)
 

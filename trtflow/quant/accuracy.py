@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.core.errors import TrtflowError
-from trtflow.quant.detections import _summary
+from trtflow.images.detections import _summary
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ on ``calib.npy`` and inserts QuantizeLinear/DequantizeLinear pairs the way Tenso
 quantization expects: INT8, symmetric (zero point 0), per-channel weights (axis 0, kept as float
 initializers behind a Q/DQ pair), per-tensor activations, float biases. The detect head's decode
 (every node between the last Conv layers and the outputs) stays in float; those last Convs are
-INT8 by default (``keep_head_convs_float`` keeps them float).
+INT8 by default (``float_head_convs`` keeps them float).
 
 The activation ranges the quantizer used are written next to the model (``ranges.json``); the
 same ranges become TensorRT's implicit-INT8 calibration cache (``write_trt_calibration_cache``)
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from trtflow.core.errors import TrtflowError
-from trtflow.onnx.io import to_layout
+from trtflow.images.io import to_layout
 
 log = logging.getLogger(__name__)
 

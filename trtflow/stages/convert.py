@@ -12,8 +12,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
-from trtflow.core.manifest import atomic_path, write_manifest
+from trtflow.core.manifest import atomic_path, read_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +174,34 @@ class _Phases:
 def convert_pb_to_onnx(
     pb: str | Path,
     out_onnx: str | Path,
-    input_name: str,
-    output_name: str,
+    input_name: str | None = None,
+    output_name: str | None = None,
     opset: int = 17,
     manifest_path: str | Path | None = None,
+    pb_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Convert ``pb`` with tf2onnx (in process) and write ``out_onnx`` plus its manifest."""
+    """Convert ``pb`` with tf2onnx (in process) and write ``out_onnx`` plus its manifest.
+
+    Tensor names left out (``input_name``, ``output_name``) are the ones export_pb recorded in
+    ``pb_manifest``, else found in the graph.
+    """
     check_opset(opset)
     import onnx
 
     from trtflow.onnx.io import io_contract
 
     started = time.time()
+    if not (input_name and output_name):
+        if pb_manifest and Path(pb_manifest).is_file():
+            io = read_json(pb_manifest)["io"]
+            input_name = input_name or io["input_name"]
+            output_name = output_name or io["output_name"]
+        else:  # read the graph for its names only, and let it go before converting
+            from trtflow.tf import graph as tfgraph
+
+            gd = tfgraph.read_graph_def(pb)
+            input_name, output_name = tfgraph.resolve_io(gd, input_name, output_name, str(pb))
+            del gd
     try:
         model_proto = pb_to_onnx_proto(pb, input_name, output_name, opset)
     except (TrtflowError, MemoryError):
@@ -213,7 +230,15 @@ def convert_pb_to_onnx(
         stage="convert_pb_to_onnx",
         inputs={"pb": pb},
         options={"opset": opset, "input_name": input_name, "output_name": output_name},
-        command=["trtflow", "convert", "--pb", pb, "--out", out_onnx, "--opset", opset],
+        command=stage_command(
+            "convert",
+            pb=pb,
+            out_onnx=out_onnx,
+            input_name=input_name,
+            output_name=output_name,
+            opset=opset,
+            pb_manifest=pb_manifest,
+        ),
         started=started,
         extra={
             "equivalent_tf2onnx_command": " ".join(map(str, tf2onnx_cmd)),

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import read_json, sha256_path, write_json, write_manifest
 from trtflow.onnx.io import input_contract, load_onnx
@@ -116,20 +117,22 @@ def build_engine(
     *,
     target: str,
     spec: dict[str, Any],
-    precision: str,
-    profile: str,
+    precision: str = "fp16",
+    profile: str = "b1",
     image_size: int,
     timing_cache: str | Path | None = None,
     calibration_cache: str | Path | None = None,
     qdq_onnx: str | Path | None = None,
     fp16_onnx: str | Path | None = None,
     manifest_path: str | Path | None = None,
+    config: Sequence[str | Path] = ("config.yaml",),
 ) -> dict[str, Any]:
     """Build one TensorRT engine of ``onnx_path`` on ``target`` and write its manifest.
 
     int8 (and best) need a calibration cache or a Q/DQ ONNX (then that ONNX is built).
     TensorRT-RTX targets build fp16 from ``fp16_onnx`` (strongly typed: no fp16 flag).
     The timing cache is per target, shared by its builds, updated after each one.
+    ``config``: the config file(s) that define ``target`` (for the manifest's command).
     """
     started = time.time()
     t = Target.of(target, spec)
@@ -151,14 +154,12 @@ def build_engine(
     prof = parse_profile(profile)
     io = onnx_input(source)
     backend.check_available()
-    optional = {"--timing-cache": timing_cache, "--calibration-cache": calibration_cache,
-                "--qdq-onnx": qdq_onnx, "--fp16-onnx": fp16_onnx}  # fmt: skip
-    command = [
-        "trtflow", "build-engine", "--target", target, "--onnx", str(onnx_path),
-        "--out", str(engine_path), "--precision", precision, "--profile", profile,
-        "--image-size", str(image_size),
-        *[a for flag, v in optional.items() if v for a in (flag, str(v))],
-    ]  # fmt: skip
+    reproduce = stage_command(
+        "build-engine", onnx_path=onnx_path, engine_path=engine_path, target=target,
+        precision=precision, profile=profile, image_size=image_size, timing_cache=timing_cache,
+        calibration_cache=calibration_cache, qdq_onnx=qdq_onnx, fp16_onnx=fp16_onnx,
+        config=list(config),
+    )  # fmt: skip
     built = backend.build(
         BuildJob(
             source=source,
@@ -171,7 +172,6 @@ def build_engine(
             timing_cache=Path(timing_cache) if timing_cache else None,
             calibration_cache=Path(calibration_cache) if calibration_cache else None,
             qdq=bool(qdq_onnx),
-            command=command,
         )
     )
     return write_manifest(
@@ -186,7 +186,7 @@ def build_engine(
             "workspace_mib": t.workspace_mib,
             **built.options,
         },
-        command=built.command,
+        command=reproduce,
         started=started,
         extra=built.extra,
         manifest_path=manifest_path,
@@ -209,6 +209,7 @@ def benchmark_engine(
     use_cuda_graph: bool = False,
     no_data_transfers: bool = False,
     profile_layers: bool = True,
+    config: Sequence[str | Path] = ("config.yaml",),
 ) -> dict[str, Any]:
     """Time an engine on its target (batch = the profile's opt batch); GPU compute and host
     latency separately, p50/p90/p99, throughput — parsed from trtexec's JSON exports."""
@@ -221,7 +222,13 @@ def benchmark_engine(
     t = Target.of(target, spec)
     backend = backend_for(t)
     backend.check_available()
-    argv: list[str] = ["trtflow", "benchmark-engine", "--engine", str(engine_path)]
+    argv: list[str] = stage_command(
+        "benchmark-engine", engine_path=engine_path, engine_manifest=engine_manifest,
+        out_json=out_json, target=target, warmup_ms=warmup_ms, iterations=iterations,
+        duration_s=duration_s, use_cuda_graph=use_cuda_graph,
+        no_data_transfers=no_data_transfers, profile_layers=profile_layers,
+        config=list(config),
+    )  # fmt: skip
     options = BenchOptions(
         warmup_ms=warmup_ms,
         iterations=iterations,
@@ -279,6 +286,7 @@ def check_engine_parity(
     spec: dict[str, Any],
     tolerance: dict[str, dict[str, float]],
     seed: int = 0,
+    config: Sequence[str | Path] = ("config.yaml",),
 ) -> dict[str, Any]:
     """Engine outputs vs ONNX Runtime on the same raw input (trtexec --loadInputs /
     --exportOutput); tolerance per precision. Raises when beyond tolerance."""
@@ -320,7 +328,11 @@ def check_engine_parity(
         log.warning("parity skipped for %s: %s", engine_path, report["skipped"])
         write_json(out_json, report)
         return report
-    argv: list[str] = ["trtflow", "check-engine-parity", "--engine", str(engine_path)]
+    argv: list[str] = stage_command(
+        "check-engine-parity", engine_path=engine_path, engine_manifest=engine_manifest,
+        onnx_path=onnx_path, out_json=out_json, target=target, seed=seed,
+        config=list(config),
+    )  # fmt: skip
     engine_out, argv = backend.run(engine_path, x, batch=batch, io=io, command=argv)
     reference = onnx_reference(onnx_path, io["name"], x)
     missing = sorted(set(reference) - set(engine_out))

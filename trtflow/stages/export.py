@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import atomic_path, write_manifest
-from trtflow.tf.freeze import _flags, _freeze_saved_model, build_keras_model
+from trtflow.tf.freeze import _freeze_saved_model, build_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def export_saved_model(
         "seed": seed,
         "path": path,
     }
-    command = ["trtflow", "export-saved-model", "--out", out_dir] + _flags(options)
+    command = stage_command("export-saved-model", out_dir=out_dir, **options)
     write_manifest(
         out_dir,
         stage="export_saved_model",
@@ -64,7 +65,7 @@ def export_pb(
     source_path: str | Path,
     out_pb: str | Path,
     source: str = "builtin",
-    image_size: int | None = 640,
+    image_size: int | None = None,
     input_name: str | None = None,
     output_name: str | None = None,
     manifest_path: str | Path | None = None,
@@ -73,6 +74,7 @@ def export_pb(
 ) -> dict[str, Any]:
     """Freeze a SavedModel to ``model.pb``, or validate and copy a user's frozen pb.
 
+    ``image_size`` None is the size the graph's input fixes.
     The chosen input/output tensor names, shapes and layout go into the manifest, which the
     later stages read; a wrong or ambiguous name fails here, listing the names that exist.
     The graph is run on test images (``trtflow.tf.discover``): a graph without a [B,N,5+C] output
@@ -110,7 +112,8 @@ def export_pb(
         if source == "pb":
             shutil.copyfile(source_path, tmp)
         else:
-            tmp.write_bytes(gd.SerializeToString())
+            # deterministic: the attr maps in a fixed order, so a rerun is byte-identical
+            tmp.write_bytes(gd.SerializeToString(deterministic=True))
     log.info(
         "contract: input %s %s (%s), output %s %s",
         io.input_name,
@@ -127,9 +130,7 @@ def export_pb(
         "box_format": box_format,
         "decode_layout": decode_layout,
     }
-    command = ["trtflow", "export-pb", "--source-path", source_path, "--out", out_pb] + _flags(
-        options
-    )
+    command = stage_command("export-pb", source_path=source_path, out_pb=out_pb, **options)
     return write_manifest(
         out_pb,
         stage="export_pb",

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import atomic_path, write_manifest
 from trtflow.onnx.io import load_onnx
@@ -70,7 +71,7 @@ def convert_onnx_to_fp16(
         stage="convert_onnx_to_fp16",
         inputs={"onnx": onnx_in},
         options={"keep_io_types": True},
-        command=["trtflow", "fp16", "--onnx", onnx_in, "--out", onnx_out],
+        command=stage_command("fp16", onnx_in=onnx_in, onnx_out=onnx_out),
         started=started,
         extra={
             "converter": f"onnxconverter-common {onnxconverter_common.__version__}",

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import atomic_path, write_manifest
 from trtflow.onnx.io import load_onnx
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 def patch_onnx(
     onnx_in: str | Path,
     onnx_out: str | Path,
-    recipe: list[str],
+    patches: list[str],
     image_size: int,
     batch: int | str = "dynamic",
     box_format: str | None = None,
@@ -25,7 +26,8 @@ def patch_onnx(
     manifest_path: str | Path | None = None,
     pb_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Apply ``recipe`` (names from trtflow.onnx.patches.PATCHES) and write the patched ONNX.
+    """Apply the recipe ``patches`` (names from trtflow.onnx.patches.PATCHES, in order) and
+    write the patched ONNX; ``nms`` holds the efficient_nms options.
 
     ``box_format`` None takes the one export_pb recorded in ``pb_manifest`` (discovered or
     configured), else pixels; a normalized source gets ``denormalize_boxes`` if the recipe
@@ -39,8 +41,8 @@ def patch_onnx(
     from trtflow.tf.discover import recorded
 
     started = time.time()
-    check_recipe(recipe, "models.<name>.patches")
-    configured_recipe = list(recipe)
+    check_recipe(patches, "models.<name>.patches")
+    configured_recipe = list(patches)
     if box_format is None:
         box_format = recorded(pb_manifest, "box_format", "pixels")
         log.info("box_format %s (from %s)", box_format, pb_manifest or "the default")
@@ -68,9 +70,11 @@ def patch_onnx(
         log.info("%s %s %s %s", t["kind"], t["name"], t["shape"], t["dtype"])
     log.info("nodes %d -> %d", nodes_before, len(patched.graph.node))
     opts = {"recipe": list(recipe), "image_size": image_size, "batch": batch, "nms": nms}
-    command = ["trtflow", "patch", "--onnx", onnx_in, "--out", onnx_out, "--image-size",
-               image_size, "--batch", batch, "--recipe", ",".join(recipe),
-               "--box-format", box_format]  # fmt: skip
+    command = stage_command(
+        "patch", onnx_in=onnx_in, onnx_out=onnx_out, patches=configured_recipe,
+        image_size=image_size, batch=batch, box_format=box_format, nms=nms,
+        pb_manifest=pb_manifest,
+    )  # fmt: skip
     return write_manifest(
         onnx_out,
         stage="patch_onnx",

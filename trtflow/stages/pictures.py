@@ -68,9 +68,9 @@ def render_pictures(
     """Write ``out_dir/val_<id>.png`` for the first ``count`` labelled images (atomically)."""
     from PIL import Image
 
+    from trtflow.images.detections import postprocess, split_outputs
     from trtflow.images.io import load_rgb
     from trtflow.quant.accuracy import _labelled_set, exact_runner
-    from trtflow.quant.detections import postprocess, split_outputs
     from trtflow.tf.graph import FrozenGraphRunner
 
     started = time.time()

@@ -18,24 +18,32 @@ from typing import Any
 
 import numpy as np
 
+from trtflow.core.commands import stage_command
 from trtflow.core.cpu import cpu_label
 from trtflow.core.errors import TrtflowError
-from trtflow.core.manifest import atomic_path, read_json, sha256_path, write_json, write_manifest
+from trtflow.core.manifest import (
+    atomic_path,
+    command_line,
+    read_json,
+    sha256_path,
+    write_json,
+    write_manifest,
+)
+from trtflow.images.detections import coco_map, error_stats, postprocess, recall_at, split_outputs
 from trtflow.images.io import PAD_VALUE, _save_npy, list_images, preprocess_files, sample_images
 from trtflow.images.scenes import scene
 from trtflow.onnx.io import load_onnx
 from trtflow.onnx.plugins import detach_plugins, reattach_plugins
 from trtflow.quant.accuracy import _labelled_report, _labelled_set, exact_runner
-from trtflow.quant.detections import coco_map, error_stats, postprocess, recall_at, split_outputs
 from trtflow.quant.kernels import compare_speed
 from trtflow.quant.qdq import (
     CALIB_CHUNK,
     METHODS,
     _read_ranges,
     _Reader,
-    float_nodes,
     model_batches,
 )
+from trtflow.quant.qdq import float_nodes as kept_float
 from trtflow.quant.trt_cache import trt_cache_text, trt_version_code
 
 log = logging.getLogger(__name__)
@@ -72,9 +80,10 @@ def make_calibration_data(
     )  # fmt: skip
     opts = {"image_size": image_size, "count": count, "holdout": holdout, "seed": seed,
             "sampling": sampling, "pad_value": PAD_VALUE, "layout": "NCHW RGB 0-1"}  # fmt: skip
-    command = ["trtflow", "calibrate", "--images", images, "--out", calib_npy, "--holdout-out",
-               holdout_npy, "--image-size", image_size, "--count", count, "--holdout", holdout,
-               "--seed", seed, "--sampling", sampling]  # fmt: skip
+    command = stage_command(
+        "calibrate", images=images, calib_npy=calib_npy, holdout_npy=holdout_npy,
+        image_size=image_size, count=count, holdout=holdout, seed=seed, sampling=sampling,
+    )  # fmt: skip
     return write_manifest(
         calib_npy,
         stage="make_calibration_data",
@@ -128,7 +137,9 @@ def make_sample_images(
         "seed": seed,
         "kind": "procedurally generated scenes (trtflow.images.scenes.scene)",
         "seconds": round(time.time() - started, 3),
-        "command": f"trtflow sample-images --out {out_dir} --count {count} --seed {seed}",
+        "command": command_line(
+            stage_command("sample-images", out_dir=out_dir, count=count, seed=seed)
+        ),
     }
     if manifest_path:
         write_json(manifest_path, data)
@@ -232,11 +243,12 @@ def benchmark_int8(
     int8_onnx: str | Path,
     out_json: str | Path,
     batch: int = 1,
-    warmup: int = 3,
-    iterations: int = 20,
+    warmup: int = 5,
+    iterations: int = 30,
     threads: int = 0,
 ) -> dict[str, Any]:
-    """compare_speed, logged and written to ``out_json``."""
+    """Time the INT8 ONNX against the fp32 ONNX on the CPU (one job, side by side), logged and
+    written to ``out_json``."""
     report = compare_speed(fp32_onnx, int8_onnx, batch, warmup, iterations, threads)
     for act, probe in report["int8_kernel_probes"].items():
         log.info(
@@ -261,12 +273,16 @@ def quantize_onnx(
     ranges_out: str | Path,
     method: str = "minmax",
     percentile: float = 99.999,
-    keep_decode_float: bool = True,
-    keep_head_convs_float: bool = False,
-    float_node_patterns: Iterable[str] = (),
+    float_decode: bool = True,
+    float_head_convs: bool = False,
+    float_nodes: Iterable[str] = (),
     manifest_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Calibrate ``onnx_in`` on ``calib_npy`` and write the Q/DQ ONNX and its activation ranges."""
+    """Calibrate ``onnx_in`` on ``calib_npy`` and write the Q/DQ ONNX and its activation ranges.
+
+    ``float_decode``, ``float_head_convs`` and ``float_nodes`` (fnmatch globs of node names)
+    choose the nodes that stay float, as the config keys of the same names (int8.*).
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -282,7 +298,7 @@ def quantize_onnx(
     calib = load_array(calib_npy)
     model = load_onnx(onnx_in)
     stripped, plugins, outputs = detach_plugins(model)
-    keep = float_nodes(stripped, keep_decode_float, keep_head_convs_float, float_node_patterns)
+    keep = kept_float(stripped, float_decode, float_head_convs, float_nodes)
     input_name, batches = model_batches(stripped, calib)
     log.info(
         "%d nodes stay float: %s", len(keep), ", ".join(keep[:8]) + (" …" if len(keep) > 8 else "")
@@ -357,20 +373,16 @@ def quantize_onnx(
         onnx_out, ops.count("QuantizeLinear"), ops.count("DequantizeLinear"), len(ranges), method,
         len(calib),
     )  # fmt: skip
-    opts = {"method": method, "percentile": percentile, "keep_decode_float": keep_decode_float,
-            "keep_head_convs_float": keep_head_convs_float,
-            "float_node_patterns": list(float_node_patterns), "per_channel": True,
+    opts = {"method": method, "percentile": percentile, "float_decode": float_decode,
+            "float_head_convs": float_head_convs,
+            "float_nodes": list(float_nodes), "per_channel": True,
             "activation_type": "int8", "weight_type": "int8", "symmetric": True,
             "extra_options": extra}  # fmt: skip
-    command = ["trtflow", "quantize", "--onnx", onnx_in, "--calib", calib_npy, "--out",
-               onnx_out, "--ranges-out", ranges_out, "--method", method, "--percentile",
-               percentile]  # fmt: skip
-    if not keep_decode_float:
-        command.append("--quantize-decode")
-    if keep_head_convs_float:
-        command.append("--float-head-convs")
-    for p in float_node_patterns:
-        command += ["--float-node", p]
+    command = stage_command(
+        "quantize", onnx_in=onnx_in, calib_npy=calib_npy, onnx_out=onnx_out,
+        ranges_out=ranges_out, method=method, percentile=percentile, float_decode=float_decode,
+        float_head_convs=float_head_convs, float_nodes=list(float_nodes),
+    )  # fmt: skip
     return write_manifest(
         onnx_out,
         stage="quantize_onnx",
@@ -394,11 +406,11 @@ def quantize_onnx(
 def write_trt_calibration_cache(
     ranges_json: str | Path,
     cache_out: str | Path,
-    version: str,
-    algorithm: str = "EntropyCalibration2",
+    trt_version: str,
+    trt_cache_algorithm: str = "EntropyCalibration2",
     manifest_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """TensorRT implicit-INT8 calibration cache for one TensorRT version from ``ranges.json``.
+    """TensorRT implicit-INT8 calibration cache for TensorRT ``trt_version`` from ``ranges.json``.
 
     Tensors of nodes kept in float for the Q/DQ model get no entry, so TensorRT runs the decode
     in float in implicit mode too.
@@ -411,7 +423,9 @@ def write_trt_calibration_cache(
         raise TrtflowError(
             f"{ranges_json} is not a ranges file ({exc})", "rerun quantize_onnx"
         ) from None
-    text, left_out = trt_cache_text(ranges, version, algorithm, data.get("float_tensors", []))
+    text, left_out = trt_cache_text(
+        ranges, trt_version, trt_cache_algorithm, data.get("float_tensors", [])
+    )
     with atomic_path(cache_out) as tmp:
         tmp.write_text(text)
     entries = text.count("\n") - 1
@@ -426,23 +440,18 @@ def write_trt_calibration_cache(
         cache_out,
         stage="write_calibration_cache",
         inputs={"ranges": ranges_json},
-        options={"tensorrt_version": version, "algorithm": algorithm},
-        command=[
-            "trtflow",
+        options={"tensorrt_version": trt_version, "algorithm": trt_cache_algorithm},
+        command=stage_command(
             "trt-cache",
-            "--ranges",
-            ranges_json,
-            "--out",
-            cache_out,
-            "--trt-version",
-            version,
-            "--algorithm",
-            algorithm,
-        ],  # fmt: skip
+            ranges_json=ranges_json,
+            cache_out=cache_out,
+            trt_version=trt_version,
+            trt_cache_algorithm=trt_cache_algorithm,
+        ),
         started=started,
         extra={
             "header": text.split("\n", 1)[0],
-            "tensorrt_version_code": trt_version_code(version),
+            "tensorrt_version_code": trt_version_code(trt_version),
             "entries": entries,
             "left_out": left_out,
             "source_onnx": data.get("source"),

@@ -42,8 +42,20 @@ log = logging.getLogger(__name__)
 
 
 def render_summary(
-    csv_path: str | Path, md_path: str | Path, **manifests: Sequence[str]
+    csv_path: str | Path,
+    md_path: str | Path,
+    pb_manifests: Sequence[str] = (),
+    raw_manifests: Sequence[str] = (),
+    patched_manifests: Sequence[str] = (),
+    parity: Sequence[str] = (),
+    bench: Sequence[str] = (),
+    int8_bench: Sequence[str] = (),
+    int8_gate: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
+    """Write ``results/summary.csv`` and ``.md``: one row per model and image size."""
+    manifests = {"pb_manifests": pb_manifests, "raw_manifests": raw_manifests,
+                 "patched_manifests": patched_manifests, "parity": parity, "bench": bench,
+                 "int8_bench": int8_bench, "int8_gate": int8_gate}  # fmt: skip
     rows = collect_rows(**manifests)
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
@@ -60,9 +72,16 @@ def render_summary(
 
 
 def render_engine_summary(
-    csv_path: str | Path, md_path: str | Path, **inputs: Any
+    csv_path: str | Path,
+    md_path: str | Path,
+    manifests: Sequence[str] = (),
+    bench: Sequence[str] = (),
+    parity: Sequence[str] = (),
+    not_run: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    rows = collect_engine_rows(**inputs)
+    """Write ``results/engine_summary.csv`` and ``.md``: one row per engine (``not_run``:
+    target -> why its engines did not run here)."""
+    rows = collect_engine_rows(manifests, bench, parity, dict(not_run or {}))
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=ENGINE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -80,13 +99,26 @@ def render_report(
     summary_csv: str | Path | None = None,
     manifests: Sequence[str] = (),
     missing: Mapping[str, str] | None = None,
-    **results: Sequence[str],
+    patched_manifests: Sequence[str] = (),
+    parity: Sequence[str] = (),
+    bench: Sequence[str] = (),
+    int8_manifests: Sequence[str] = (),
+    int8_bench: Sequence[str] = (),
+    int8_gate: Sequence[str] = (),
+    engine_manifests: Sequence[str] = (),
+    engine_bench: Sequence[str] = (),
+    engine_parity: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Write the plots, the zoo page and one page per model/size and per target.
 
-    ``results`` are the keyword lists of zoo_rows; ``manifests`` every manifest to time and
-    link; ``missing`` expected results that do not exist -> the log of the job that makes them.
+    The result lists are those of zoo_rows; ``manifests`` every manifest to time and
+    link; ``missing`` expected results that do not exist -> the log of the job that makes them;
+    ``plots`` plot name -> PNG path.
     """
+    results = {"patched_manifests": patched_manifests, "parity": parity, "bench": bench,
+               "int8_manifests": int8_manifests, "int8_bench": int8_bench, "int8_gate": int8_gate,
+               "engine_manifests": engine_manifests, "engine_bench": engine_bench,
+               "engine_parity": engine_parity}  # fmt: skip
     rows = zoo_rows(**results)
     gate_reports = [*results.get("parity", ()), *results.get("int8_gate", ()),
                     *results.get("engine_parity", ())]  # fmt: skip
@@ -132,6 +164,7 @@ def render_report(
     return rows
 
 
-def check_gates(paths: list[str | Path], out_json: str | Path) -> list[dict]:
-    """Rule check_gates: fail the run (one line per failed gate) after summary and report exist."""
+def check_gates(paths: list[str], out_json: str | Path) -> list[dict]:
+    """Rule check_gates: fail the run (one line per failed gate, of the parity and INT8 gate
+    reports ``paths``) after summary and report exist."""
     return gates.check_gates(paths, out_json)

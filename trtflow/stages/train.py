@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from trtflow.core.commands import stage_command
 from trtflow.core.errors import TrtflowError
-from trtflow.core.manifest import atomic_path, write_json, write_manifest
+from trtflow.core.manifest import atomic_path, command_line, write_json, write_manifest
 from trtflow.images.datasets import SHAPE_CLASSES, coco_json, shapes_image, yolo_lines
 from trtflow.tf.training import (
     EMA_DECAY,
@@ -81,8 +82,16 @@ def make_dataset(
         "objects": objects,
         "classes": SHAPE_CLASSES,
         "seconds": round(time.time() - started, 3),
-        "command": f"trtflow dataset --out {out_dir} --train-count {train_count} "
-        f"--val-count {val_count} --seed {seed}",
+        "command": command_line(
+            stage_command(
+                "dataset",
+                out_dir=out_dir,
+                train_count=train_count,
+                val_count=val_count,
+                seed=seed,
+                workers=workers,
+            )
+        ),  # fmt: skip
     }
     if manifest_path:
         write_json(manifest_path, data)
@@ -96,14 +105,14 @@ def train_yolov5(
     variant: str = "n",
     classes: int = 8,
     image_size: int = 320,
-    epochs: int = 60,
+    epochs: int = 40,
     batch: int = 64,
     seed: int = 0,
     workers: int = 8,
     cos_lr: bool = True,
     max_steps: int = 0,
     val_count: int = 0,
-    val_interval: int = 1,
+    val_interval: int = 10,
     hyp: dict[str, float] | None = None,
     checkpoint: str | Path | None = None,
     manifest_path: str | Path | None = None,
@@ -325,28 +334,12 @@ def train_yolov5(
         "hyp": hyp,
         "backend": keras.backend.backend(),
     }
-    command = [
-        "trtflow",
-        "train",
-        "--train-data",
-        train_data,
-        "--val-data",
-        val_data,
-        "--out",
-        out_weights,
-        "--variant",
-        variant,
-        "--classes",
-        classes,
-        "--image-size",
-        image_size,
-        "--epochs",
-        epochs,
-        "--batch",
-        batch,
-        "--seed",
-        seed,
-    ]
+    command = stage_command(
+        "train", train_data=train_data, val_data=val_data, out_weights=out_weights,
+        variant=variant, classes=classes, image_size=image_size, epochs=epochs, batch=batch,
+        seed=seed, workers=workers, cos_lr=cos_lr, max_steps=max_steps, val_count=val_count,
+        val_interval=val_interval, hyp=hyp, checkpoint=checkpoint,
+    )  # fmt: skip
     if manifest_path:
         write_manifest(
             out_weights,

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from trtflow.core.errors import TrtflowError
-from trtflow.core.manifest import read_json
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,6 @@ def build_keras_model(
     raise TrtflowError(f"source {source!r} is not a Keras source", "use builtin or keras")
 
 
-def _flags(options: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for k, v in options.items():
-        if v is not None:
-            out += [f"--{k.replace('_', '-')}", str(v)]
-    return out
-
-
 def _freeze_saved_model(saved_model: Path) -> tuple[Any, str, str]:
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
@@ -98,8 +89,3 @@ def _freeze_saved_model(saved_model: Path) -> tuple[Any, str, str]:
     inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
     outputs = [t.name for t in frozen.outputs]
     return gd, ",".join(inputs), ",".join(outputs)
-
-
-def pb_io(pb_manifest: str | Path) -> dict[str, Any]:
-    """The I/O contract recorded by export_pb."""
-    return read_json(pb_manifest)["io"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from trtflow.core.batches import in_chunks
 from trtflow.core.errors import TrtflowError
+from trtflow.images.io import image_layout, to_layout
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +134,7 @@ def describe_io(gd: Any, input_name: str, output_name: str) -> GraphIO:
         tensor = graph.get_tensor_by_name(output_name)
         if tensor.shape.rank is not None:
             out_shape = [-1 if d is None else int(d) for d in tensor.shape.as_list()]
-    layout = "unknown"
-    if in_shape and len(in_shape) == 4:
-        if in_shape[3] == 3:
-            layout = "nhwc"
-        elif in_shape[1] == 3:
-            layout = "nchw"
+    layout = (image_layout(in_shape) or "unknown").lower() if in_shape else "unknown"
     return GraphIO(input_name, output_name, in_shape, out_shape, layout)
 
 
@@ -162,11 +158,10 @@ class FrozenGraphRunner:
         self._fn = wrapped.prune(placeholder, graph.get_tensor_by_name(output_name))
         dims = placeholder.shape.as_list() if placeholder.shape.rank else []
         self.batch: int | None = dims[0] if dims and dims[0] else None  # None: dynamic
-        self.nchw = len(dims) == 4 and dims[1] == 3 and dims[3] != 3
+        self.dims = dims
 
     def __call__(self, x: Any) -> Any:
         import tensorflow as tf
 
-        if self.nchw:
-            x = x.transpose(0, 3, 1, 2)
+        x = to_layout(x, "NHWC", self.dims)
         return in_chunks(lambda part: self._fn(tf.constant(part)).numpy(), x, self.batch)

@@ -257,7 +257,7 @@ class Trainer:
 # ---------------------------------------------------------------- evaluation
 def _detections(pred: np.ndarray, conf: float, iou: float, max_det: int) -> dict[str, np.ndarray]:
     """YOLOv5 val NMS on one image's decoded output ``[N, 5+C]`` (conf 0.001, IoU 0.6)."""
-    from trtflow.quant.detections import nms, xywh_to_xyxy
+    from trtflow.images.detections import nms, xywh_to_xyxy
 
     scores = pred[:, 4:5] * pred[:, 5:]
     cls = scores.argmax(1)
@@ -280,7 +280,7 @@ def evaluate(
     max_det: int = 300,
 ) -> dict[str, float]:
     """mAP@.5 and mAP@.5:.95 (pycocotools) of ``predict`` on letterboxed uint8 images."""
-    from trtflow.quant.detections import coco_map
+    from trtflow.images.detections import coco_map
 
     dets = []
     for i in range(0, len(images), batch):

@@ -111,8 +111,6 @@ class BuildJob:
     timing_cache: Path | None = None
     calibration_cache: Path | None = None
     qdq: bool = False
-    #: the trtflow command that reproduces the engine (recorded where no device argv is)
-    command: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,6 @@ class Built:
 
     inputs: dict[str, str | Path]
     options: dict[str, Any]
-    command: list[str]
     extra: dict[str, Any]
 
 
@@ -368,7 +365,6 @@ class TrtexecBackend(Backend):
                 "qdq": job.qdq,
                 "flags": argv[1:],
             },
-            command=argv,
             extra={
                 "target": t.name,
                 "transport": transport.name,
@@ -518,7 +514,6 @@ class PythonBackend(Backend):
         return Built(
             inputs={"onnx": job.source},
             options={},
-            command=list(job.command),
             extra={
                 "target": t.name,
                 "transport": "local",

@@ -7,7 +7,7 @@ import logging
 import onnx_graphsurgeon as gs
 
 from trtflow.core.errors import TrtflowError
-from trtflow.onnx.io import explain_image_layout
+from trtflow.images.io import explain_image_layout
 from trtflow.onnx.patches.graph import _bypass, _consumers, _fmt_shape, _name, _replace_input
 from trtflow.onnx.patches.registry import PatchOptions, _change, register
 
