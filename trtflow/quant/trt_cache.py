@@ -11,12 +11,25 @@ import numpy as np
 
 from trtflow.core.errors import TrtflowError
 from trtflow.quant.qdq import TRT_ALGORITHMS
-from trtflow.trt.targets import version_code as trt_version_code
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- TensorRT calibration cache
+def trt_version_code(version: str) -> int:
+    """TensorRT's NV_TENSORRT_VERSION for "major.minor.patch" (8.6.1 -> 8601, 10.3.0 -> 100300)."""
+    try:
+        parts = [int(p) for p in version.split(".")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or parts[0] < 1:
+        raise TrtflowError(
+            f"TensorRT version {version!r} is not major.minor.patch", 'use e.g. "8.6.1"'
+        )
+    major, minor, patch = (parts + [0])[:3]
+    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
 def scale_hex(amax: float) -> str:
     """amax/127 as the big-endian float32 hex TensorRT writes in a calibration cache."""
     return struct.pack(">f", np.float32(amax / 127.0)).hex()
