@@ -143,7 +143,7 @@ def atomic_path(final: str | Path, is_dir: bool = False) -> Iterator[Path]:
     except BaseException as exc:
         if tmp.exists():
             if is_disk_full(exc):  # the runner's line names the artifact and what it got
-                exc.trtflow_written = (final, path_size(tmp))  # type: ignore[union-attr]
+                exc.trtflow_written = (final, path_size(tmp))  # type: ignore[attr-defined]
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
         raise
 
