@@ -12,7 +12,7 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
 from trtflow.core.codehash import script_hash as _script_hash  # noqa: E402
-from trtflow.core.config import validate_config  # noqa: E402
+from trtflow.core.config import publish_config_files, validate_config  # noqa: E402
 from trtflow.core.errors import TrtflowError  # noqa: E402
 
 # The keys each model entry sets itself (before the schema fills defaults): a value the
@@ -309,9 +309,8 @@ from trtflow.trt.targets import (  # noqa: E402
 # The configured targets, typed (trtflow.trt.targets.Target), by name.
 TARGETS = {name: Target.of(name, spec) for name, spec in config["targets"].items()}
 #: What the engine stages' reproduce commands pass as --config (the target comes from there).
-#: Not a param: naming the same settings in another file must not rebuild an engine. Every job
-#: sees it: local jobs inherit this environment, cluster/remote jobs parse this file again.
-os.environ["TRTFLOW_CONFIG_FILES"] = os.pathsep.join(config_files())
+#: Not a param: naming the same settings in another file must not rebuild an engine.
+publish_config_files(config_files())
 ENGINE = "results/engine/{target}/{model}/{imgsz}/{precision}/{profile}.engine"
 ENGINE_BENCH = "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
 ENGINE_PARITY = "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"

@@ -1,12 +1,12 @@
 """Snakemake adapter of rule benchmark_engine -> trtflow.stages.engine.benchmark_engine."""
 
-import os
 import sys
 from pathlib import Path
 
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.core.config import published_config_files
     from trtflow.core.runner import run_stage
     from trtflow.stages.engine import benchmark_engine
 
@@ -25,7 +25,7 @@ def main(smk):
             use_cuda_graph=b["use_cuda_graph"],
             no_data_transfers=b["no_data_transfers"],
             profile_layers=b["profile_layers"],
-            config=os.environ.get("TRTFLOW_CONFIG_FILES", "").split(os.pathsep),
+            config=published_config_files(),
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

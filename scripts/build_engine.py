@@ -4,13 +4,13 @@ The target's connection details (host, user, port, trtexec path) come from the c
 from params, so that moving a device to a new address does not rebuild its engines.
 """
 
-import os
 import sys
 from pathlib import Path
 
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.core.config import published_config_files
     from trtflow.core.runner import run_stage
     from trtflow.stages.engine import build_engine
 
@@ -30,7 +30,7 @@ def main(smk):
             qdq_onnx=smk.input.get("qdq_onnx"),
             fp16_onnx=smk.input.get("fp16_onnx"),
             manifest_path=smk.output.manifest,
-            config=os.environ.get("TRTFLOW_CONFIG_FILES", "").split(os.pathsep),
+            config=published_config_files(),
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

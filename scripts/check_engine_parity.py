@@ -1,12 +1,12 @@
 """Snakemake adapter of rule check_engine_parity -> trtflow.stages.engine.check_engine_parity."""
 
-import os
 import sys
 from pathlib import Path
 
 
 def main(smk):
     sys.path.insert(0, str(Path(smk.scriptdir).parent))
+    from trtflow.core.config import published_config_files
     from trtflow.core.runner import run_stage
     from trtflow.stages.engine import check_engine_parity
 
@@ -21,7 +21,7 @@ def main(smk):
             spec=smk.config["targets"][target],
             tolerance={smk.wildcards.precision: dict(smk.params.tolerance)},
             seed=smk.params.seed,
-            config=os.environ.get("TRTFLOW_CONFIG_FILES", "").split(os.pathsep),
+            config=published_config_files(),
         ),
         smk.log[0],
         model=smk.wildcards.get("model"),

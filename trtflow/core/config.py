@@ -6,6 +6,7 @@ Pure Python (jsonschema + PyYAML): safe to import from rules/common.smk on any h
 from __future__ import annotations
 
 import copy
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,21 @@ def validate_target(name: str, spec: dict[str, Any], source: str = "config") -> 
 def load_config(path: str | Path) -> dict[str, Any]:
     raw = read_yaml(path) or {}
     return validate_config(raw, source=str(path))
+
+
+#: Environment variable naming the config files Snakemake merged (rules/common.smk sets it):
+#: the engine stages' reproduce commands pass them as --config. An environment variable, not a
+#: rule param, so naming the same settings in another file rebuilds nothing.
+CONFIG_FILES_ENV = "TRTFLOW_CONFIG_FILES"
+
+
+def publish_config_files(files: list[str]) -> None:
+    """Tell this process's jobs which config files were merged (local jobs inherit the
+    environment; cluster/remote jobs parse the Snakefile again and set it themselves)."""
+    os.environ[CONFIG_FILES_ENV] = os.pathsep.join(files)
+
+
+def published_config_files() -> list[str]:
+    """The config files ``publish_config_files`` named (empty outside a workflow)."""
+    value = os.environ.get(CONFIG_FILES_ENV, "")
+    return value.split(os.pathsep) if value else []
