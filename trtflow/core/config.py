@@ -21,7 +21,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.y
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        schema: dict[str, Any] = yaml.safe_load(fh)
+    return schema
 
 
 def default_recipe() -> list[str]:
@@ -138,7 +139,7 @@ def validate_config(
     return out
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
 
 
@@ -154,7 +155,8 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
                 "remove or rename one of the two entries",
             )
         seen[key] = line
-    return loader.construct_mapping(node, deep=True)
+    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
+    return mapping
 
 
 _StrictLoader.add_constructor(
