@@ -832,7 +832,7 @@ def test_rtx_backend_picks_the_onnx_of_the_precision(tmp_path):
 def test_version_facts_come_from_the_table():
     from types import SimpleNamespace
 
-    from trtflow.quant.trt_cache import trt_version_code
+    from trtflow.trt.calibration_cache import trt_version_code
     from trtflow.trt.python_api import api_generation
     from trtflow.trt.targets import nearest_generation, opset_ceiling, version_code
 

@@ -16,8 +16,13 @@ from trtflow.images.detections import error_stats
 from trtflow.quant.exact import integer_form, load_exact
 from trtflow.quant.kernels import load_for_cpu, qdq_s8_to_u8, stem_space_to_depth
 from trtflow.quant.qdq import decode_nodes, float_nodes
-from trtflow.quant.trt_cache import read_trt_cache, scale_hex, trt_cache_text, trt_version_code
 from trtflow.stages.quantize import quantize_onnx, write_trt_calibration_cache
+from trtflow.trt.calibration_cache import (
+    read_trt_cache,
+    scale_hex,
+    trt_cache_text,
+    trt_version_code,
+)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 EXACT = {
     "trtflow/quant/kernels.py": {"benchmark_int8"},
     "trtflow/reporting/pages.py": {"render_report"},
-    "trtflow/quant/trt_cache.py": {"write_calibration_cache"},
+    "trtflow/trt/calibration_cache.py": {"write_calibration_cache"},
     "trtflow/images/datasets.py": {"make_dataset"},
 }
 #: module -> (rules it must rerun, rules it must not rerun)

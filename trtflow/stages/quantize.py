@@ -44,7 +44,7 @@ from trtflow.quant.qdq import (
     model_batches,
 )
 from trtflow.quant.qdq import float_nodes as kept_float
-from trtflow.quant.trt_cache import trt_cache_text, trt_version_code
+from trtflow.trt.calibration_cache import trt_cache_text, trt_version_code
 
 log = logging.getLogger(__name__)
 

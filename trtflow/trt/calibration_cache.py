@@ -11,13 +11,15 @@ import numpy as np
 
 from trtflow.core.errors import TrtflowError
 from trtflow.quant.qdq import TRT_ALGORITHMS
+from trtflow.trt.targets import version_code
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- TensorRT calibration cache
 def trt_version_code(version: str) -> int:
-    """TensorRT's NV_TENSORRT_VERSION for "major.minor.patch" (8.6.1 -> 8601, 10.3.0 -> 100300)."""
+    """TensorRT's NV_TENSORRT_VERSION for "major.minor.patch" (8.6.1 -> 8601, 10.3.0 -> 100300),
+    from the version table (``trt.targets.version_code``); a malformed version is refused."""
     try:
         parts = [int(p) for p in version.split(".")]
     except ValueError:
@@ -26,8 +28,7 @@ def trt_version_code(version: str) -> int:
         raise TrtflowError(
             f"TensorRT version {version!r} is not major.minor.patch", 'use e.g. "8.6.1"'
         )
-    major, minor, patch = (parts + [0])[:3]
-    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+    return version_code(version)
 
 
 def scale_hex(amax: float) -> str:
