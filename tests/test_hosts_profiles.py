@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trtflow.core import codehash
+
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
 PROFILE_NAMES = ["default", "local", "slurm", "s3", "train", "convert", "device"]
@@ -119,16 +121,16 @@ def test_train_rules_run_on_windows():
     blocks = rule_blocks()
     train = [r for r, role in host_roles().items() if role == "train"]
     assert train
-    modules = {"runner", "errors", "manifest"}
+    modules: set[str] = set()
     for rule in train:
         body = blocks[rule]
         assert "script:" in body and "shell:" not in body and "run:" not in body, rule
         script = REPO / "scripts" / re.search(r'"\.\./scripts/(\w+\.py)"', body).group(1)
         assert not _imports(script) & POSIX_ONLY_MODULES, script
-        modules |= set(re.findall(r"from trtflow\.(\w+) import", script.read_text()))
-        modules |= set(re.findall(r"code_hash\(([^)]*)\)", body)[0].replace('"', "").split(", "))
+        modules |= set(codehash.script_closure(script))  # every trtflow module the job runs
+    assert "trtflow.tf.training" in modules and "trtflow.core.runner" in modules
     for mod in sorted(modules):
-        path = REPO / "trtflow" / f"{mod}.py"
+        path = codehash._module_file(mod)
         assert not _imports(path) & POSIX_ONLY_MODULES, path
         text = path.read_text()
         assert not re.search(r"""["'](/tmp|/dev/|/proc/)""", text), f"{path}: POSIX-only path"
