@@ -537,11 +537,12 @@ def get_report_engine_results(wildcards):
     out = {kind: [] for kind in ENGINE_RESULTS if kind != "preflight"}
     builds = _run_builds_engines()
     for target, per_engine in zip(engine_zoo("{target}"), _engine_results()):
-        made = builds and target_runs_here(target)
+        runs = builds and target_runs_here(target)  # this run times and checks them too
         for kind, path, _ in per_engine:
             if kind not in out:
                 continue
-            if Path(path).exists() or (builds and (made or kind == "engine_manifests")):
+            made = runs or (builds and kind == "engine_manifests")
+            if made or Path(path).exists():
                 out[kind].append(path)
     return out
 

@@ -100,8 +100,9 @@ def _parse(path: Path) -> dict[str, Any]:
         if isinstance(node, ast.Import):
             imports.update(a.name for a in node.names if a.name.startswith(PACKAGE))
         elif isinstance(node, ast.ImportFrom):
-            anywhere.update(_from_imports(node))
-            for candidates in _from_imports(node).values():
+            found = _from_imports(node)
+            anywhere.update(found)
+            for candidates in found.values():
                 imports.update(candidates)
     imported: dict[str, list[str]] = {}
     defs: dict[str, dict[str, list[str]]] = {}

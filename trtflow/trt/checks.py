@@ -27,7 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from trtflow.onnx.io import input_contract  # noqa: F401  (stages read it here)
+from trtflow.onnx.io import input_contract
 from trtflow.trt.targets import (
     PLUGIN_PATCH,
     PLUGINS_SINCE,
