@@ -147,3 +147,37 @@ def test_one_of_keys_list_every_alternative():
             validate_config(tiny_config({"t": tiny_model(batch=bad)}))
         assert f"models.t.batch: {bad!r} is not valid" in str(err.value)
         assert "use dynamic or an integer >= 1 and <= 1024" in str(err.value)
+
+
+def test_a_config_validated_once_skips_jsonschema_next_time(tmp_path, monkeypatch):
+    """The second validation of the same config (a no-op rerun, a job's own process) does not
+    import jsonschema and gives the same defaults; a changed config or schema is checked again
+    and a bad one still fails although a good one was remembered."""
+    import subprocess
+    import sys
+
+    import trtflow.core.config as config_module
+
+    cache = tmp_path / "valid-configs.json"
+    monkeypatch.setattr(config_module, "VALID_CACHE", cache)
+    good = load_config(REPO / "config.yaml")
+    assert cache.is_file() and len(yaml.safe_load(cache.read_text())) == 1
+    probe = (
+        "import sys, json\n"
+        "import trtflow.core.config as c\n"
+        f"c.VALID_CACHE = c.Path({str(cache)!r})\n"
+        f"out = c.load_config({str(REPO / 'config.yaml')!r})\n"
+        "print(json.dumps(['jsonschema' in sys.modules, out]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    imported, again = yaml.safe_load(run.stdout)
+    assert not imported and again == good
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["onnx"] = {"opset": 19}
+    with pytest.raises(TrtflowError, match="onnx.opset"):
+        validate_config(raw)
+    schema = config_module.load_schema()
+    schema["properties"]["onnx"]["properties"]["opset"]["maximum"] = 16
+    with pytest.raises(TrtflowError, match="<= 16"):
+        validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), schema=schema)

@@ -1,27 +1,43 @@
 """Config validation against schemas/config.schema.yaml with one clear message per mistake.
 
 Pure Python (jsonschema + PyYAML): safe to import from rules/common.smk on any host.
+
+Every ``snakemake`` call (a no-op rerun, and each job's own process) validates the config. A
+config that passed once against the same schema with the same jsonschema is remembered by its
+digest in ``trtflow/__pycache__/valid-configs.json`` (best effort, as Python's .pyc files), and
+then only the defaults and the cross-field checks run: jsonschema, 0.2 s to import, is loaded
+only for a config it has not seen or one with a mistake.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from functools import cache
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema
 
 from trtflow.core.errors import TrtflowError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
+#: libyaml's parser where PyYAML has it (every PyPI wheel does): ~7x faster than the pure-Python
+#: one, which matters because every `snakemake` call, a no-op rerun included, reads these files.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
-        schema: dict[str, Any] = yaml.safe_load(fh)
+        schema: dict[str, Any] = yaml.load(fh, Loader=_SafeLoader)
     return schema
 
 
@@ -113,6 +129,43 @@ def _set_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -
                 _set_defaults(value, extra, root)
 
 
+VALID_CACHE = Path(__file__).resolve().parents[1] / "__pycache__" / "valid-configs.json"
+_VALID_KEEP = 256  # digests remembered (most recent last)
+
+
+@cache
+def _jsonschema_version() -> str:
+    try:
+        return metadata.version("jsonschema")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _digest(config: dict[str, Any], schema: dict[str, Any]) -> str:
+    text = json.dumps([config, schema, _jsonschema_version()], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _valid_digests() -> list[str]:
+    try:
+        data = json.loads(VALID_CACHE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [d for d in data if isinstance(d, str)] if isinstance(data, list) else []
+
+
+def _remember_valid(digest: str) -> None:
+    """Add ``digest`` to the cache file (atomic replace; a read-only install just skips it)."""
+    known = [d for d in _valid_digests() if d != digest][-(_VALID_KEEP - 1) :] + [digest]
+    tmp = VALID_CACHE.with_name(f".{VALID_CACHE.name}.tmp-{os.getpid()}")
+    try:
+        VALID_CACHE.parent.mkdir(exist_ok=True)
+        tmp.write_text(json.dumps(known), encoding="utf-8")
+        tmp.replace(VALID_CACHE)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def validate_config(
     config: dict[str, Any], source: str = "config", schema: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -121,6 +174,20 @@ def validate_config(
     Raises TrtflowError naming the first offending key (``<source>: models.x.image_sizes[0]: …``).
     """
     schema = schema or load_schema()
+    digest = _digest(config, schema)
+    if digest not in _valid_digests():
+        _check_schema(config, source, schema)
+        _remember_valid(digest)
+    out = copy.deepcopy(config)
+    _set_defaults(out, schema, schema)
+    check_cross_fields(out, source)
+    return out
+
+
+def _check_schema(config: dict[str, Any], source: str, schema: dict[str, Any]) -> None:
+    """Raise TrtflowError for the first schema violation of ``config``, if any."""
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -133,14 +200,13 @@ def validate_config(
             options = [_alternative(sub, schema) for sub in one_of.validator_value]
             what, fix = f"{one_of.instance!r} is not valid", "use " + " or ".join(options)
         raise TrtflowError(f"{source}: {_key_path(best)}: {what}", fix)
-    out = copy.deepcopy(config)
-    _set_defaults(out, schema, schema)
-    check_cross_fields(out, source)
-    return out
 
 
-class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+class _StrictLoader(_SafeLoader):  # type: ignore[misc, valid-type]
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last).
+    ``name`` is the file's path (libyaml's marks do not carry it)."""
+
+    name = "<config>"
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -150,7 +216,7 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
         line = key_node.start_mark.line + 1
         if key in seen:
             raise TrtflowError(
-                f"{key_node.start_mark.name}: line {line}: duplicate key {key!r} (first given at "
+                f"{loader.name}: line {line}: duplicate key {key!r} (first given at "
                 f"line {seen[key]}); YAML keeps only the last one",
                 "remove or rename one of the two entries",
             )
