@@ -6,10 +6,15 @@ y, x, anchor; boxes normalised to 0-1; batch fixed at 1; ``tests/pb_factory.py``
 converted with tf2onnx and patched with the default recipe. Then all ONNX files are timed with
 the same input, session options (``trtflow.onnx.ort.make_session``: ORT_ENABLE_ALL, no thread
 spinning) and threads, interleaved run by run (raw, patched, raw, patched ...), so drift and
-other load hit both alike. Prints the CPU, then per layout raw p50, patched p50, their ratio and
-the spread of the per-round ratios (how noisy the machine was).
+other load hit both alike. Each file gets ``--sessions`` ONNX Runtime sessions (3) and its p50 is
+taken over the runs of all of them: two sessions of the same file differ by up to ~4 % p50 on a
+2-core VM (where their buffers land), more than the patches change, so one session per file
+measures the allocator as much as the graph. Prints the CPU, then per layout raw p50, patched
+p50, their ratio, the spread of the per-round ratios (how noisy the machine was) and of the
+per-session p50s.
 
     python bench/onnx_speed.py [--variant s] [--image-size 640] [--threads 2] [--rounds 30]
+        [--sessions 3]
         [--workdir DIR]   # keep the built files there and reuse them on the next run
         [--tf]            # also time TensorFlow on the frozen pbs
 """
@@ -81,6 +86,15 @@ def time_interleaved(
     return wall, cpu
 
 
+def pool_sessions(times: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Per file, the runs of all its sessions, round by round in the order they ran: key
+    ``"<layout> <kind> #<i>"`` -> ``"<layout> <kind>"``."""
+    pooled: dict[str, list[float]] = {}
+    for key, values in times.items():
+        pooled.setdefault(key.split(" #")[0], []).extend(values)
+    return pooled
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", default="s")
@@ -88,6 +102,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--sessions", type=int, default=3, help="ONNX Runtime sessions per file")
     ap.add_argument("--gap-ms", type=float, default=20.0, help="idle time before every run")
     ap.add_argument("--workdir", type=Path, default=None, help="keep/reuse built files here")
     ap.add_argument("--tf", action="store_true", help="also time TensorFlow on the frozen pbs")
@@ -109,10 +124,11 @@ def main() -> None:
         runners: dict[str, Any] = {}
         for layout, b in built.items():
             for kind in ("raw", "patched"):
-                s = make_session(b[kind], args.threads, spinning=False)
-                name = s.get_inputs()[0].name
-                feed = {name: x if s.get_inputs()[0].shape[-1] == 3 else x_nchw}
-                runners[f"{layout} {kind}"] = lambda s=s, feed=feed: s.run(None, feed)[0]
+                for i in range(args.sessions):
+                    s = make_session(b[kind], args.threads, spinning=False)
+                    name = s.get_inputs()[0].name
+                    feed = {name: x if s.get_inputs()[0].shape[-1] == 3 else x_nchw}
+                    runners[f"{layout} {kind} #{i}"] = lambda s=s, feed=feed: s.run(None, feed)[0]
             if args.tf:
                 import tensorflow as tf
 
@@ -123,17 +139,26 @@ def main() -> None:
                 run_tf = FrozenGraphRunner(b["pb"], b["io"]["input_name"], b["io"]["output_name"])
                 runners[f"{layout} tensorflow"] = lambda r=run_tf: r(x)
         outs = {k: f() for k, f in runners.items()}
-        lat, cpu = time_interleaved(runners, args.warmup, args.rounds, args.gap_ms / 1e3)
+        per_session, cpu_session = time_interleaved(
+            runners, args.warmup, args.rounds, args.gap_ms / 1e3
+        )
+        lat, cpu = pool_sessions(per_session), pool_sessions(cpu_session)
+        outs = {k.split(" #")[0]: v for k, v in outs.items()}
 
     print(f"\nCPU: {cpu_label()}; {os.cpu_count()} cores; onnxruntime threads={args.threads}, "
           f"no spinning, ORT_ENABLE_ALL; batch 1; {args.rounds} interleaved rounds")  # fmt: skip
     stats = {k: percentiles(v) for k, v in lat.items()}
     print("\n| decode layout | raw p50 ms | patched p50 ms | patched / raw | per-round ratio "
-          "p25-p75 | CPU-time p50 ratio | max abs diff patched vs raw |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "p25-p75 | per-session p50 ms raw; patched | CPU-time p50 ratio "
+          "| max abs diff patched vs raw |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for layout in LAYOUTS:
         raw, pat = f"{layout} raw", f"{layout} patched"
         ratio = np.asarray(lat[pat]) / np.asarray(lat[raw])
+        spread = "; ".join(
+            "/".join(f"{np.median(v):.1f}" for k, v in per_session.items() if k.startswith(f))
+            for f in (f"{raw} #", f"{pat} #")
+        )
         ref = outs[raw]
         if layout == "y_x_anchor":  # raw emits 0-1 boxes; the patched ONNX pixels
             ref = ref * np.array([args.image_size] * 4 + [1] * (ref.shape[-1] - 4), np.float32)
@@ -141,7 +166,7 @@ def main() -> None:
         cpu_ratio = np.median(cpu[pat]) / np.median(cpu[raw])
         print(f"| {layout} | {stats[raw]['p50_ms']:.1f} | {stats[pat]['p50_ms']:.1f} | "
               f"{stats[pat]['p50_ms'] / stats[raw]['p50_ms']:.3f} | "
-              f"{np.percentile(ratio, 25):.3f}-{np.percentile(ratio, 75):.3f} | "
+              f"{np.percentile(ratio, 25):.3f}-{np.percentile(ratio, 75):.3f} | {spread} | "
               f"{cpu_ratio:.3f} | {diff:.2g} |")  # fmt: skip
     if args.tf:
         for layout in LAYOUTS:
