@@ -310,7 +310,7 @@ from trtflow.trt.targets import (  # noqa: E402
 TARGETS = {name: Target.of(name, spec) for name, spec in config["targets"].items()}
 #: What the engine stages' reproduce commands pass as --config (the target comes from there).
 #: Not a param: naming the same settings in another file must not rebuild an engine.
-publish_config_files(config_files())
+publish_config_files(config_files(), workflow.config_settings.overwrite_config)
 ENGINE = "results/engine/{target}/{model}/{imgsz}/{precision}/{profile}.engine"
 ENGINE_BENCH = "results/benchmark_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"
 ENGINE_PARITY = "results/parity_engine/{target}/{model}/{imgsz}/{precision}/{profile}.json"

@@ -3,7 +3,8 @@
 # to any of them rebuilds exactly the affected engines; how a target is reached (host, user,
 # port, trtexec path) is read from the config at run time and never triggers a rebuild.
 # The manifest's reproduce command passes the config file(s) merged (config.yaml, then each
-# --configfile; trtflow.core.config.publish_config_files) as --config to find the target.
+# --configfile) and Snakemake's --config overrides (trtflow.core.config.publish_config_files)
+# as --config to find the target.
 
 
 rule preflight_engine:

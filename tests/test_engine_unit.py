@@ -686,6 +686,51 @@ def test_cli_engine_commands(tmp_path):
     assert r.returncode == 1 and "unknown target 'nope' (configured: t)" in r.stderr
 
 
+def test_cli_config_overrides_are_applied_and_recorded(tmp_path, monkeypatch):
+    """``--config file KEY=VALUE``: the override (Snakemake's ``--config``, which the workflow
+    publishes to its jobs) is merged over the file, and the manifest's command carries it, so
+    the command reproduces an engine whose target was set on the command line."""
+    import yaml
+
+    from trtflow.core.config import publish_config_files, published_config_files
+
+    monkeypatch.delenv("TRTFLOW_CONFIG_FILES", raising=False)
+    publish_config_files(["config.yaml", "more.yaml"], {"targets": {"t": {"trtexec": "/x y"}}})
+    assert published_config_files() == [
+        "config.yaml", "more.yaml", 'targets={"t": {"trtexec": "/x y"}}']  # fmt: skip
+    onnx_path = tiny_patched_onnx(tmp_path / "m.onnx")
+    real = make_trtexec(tmp_path / "b", "8.2.1")
+    spec = _spec(tmp_path / "missing" / "trtexec", version="8.2.1")
+    config = {"models": {"tiny": {}}, "targets": {"t": spec}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    override = "targets=" + json.dumps({"t": {"trtexec": str(real)}})
+    engine = tmp_path / "e.engine"
+    common = ["--target", "t", "--onnx", str(onnx_path), "--image-size", "32"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "trtflow", *args], cwd=REPO,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    r = cli("build-engine", "--config", str(tmp_path / "c.yaml"), *common, "--out", str(engine))
+    assert r.returncode == 1 and "missing" in r.stderr  # the file alone names no trtexec there
+    r = cli("build-engine", "--config", str(tmp_path / "c.yaml"), override, *common,
+            "--out", str(engine))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    man = json.loads(Path(f"{engine}.manifest.json").read_text())
+    argv = shlex.split(man["command"])
+    i = argv.index("--config")
+    assert argv[i + 1 : i + 3] == [str(tmp_path / "c.yaml"), override]
+    argv[argv.index("--out") + 1] = str(tmp_path / "again.engine")
+    r = cli(*argv[1:])
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "again.engine.manifest.json").read_text())
+    assert again["sha256"] == man["sha256"]
+    r = cli("build-engine", "--config", str(tmp_path / "c.yaml"), "targets={t: [", *common,
+            "--out", str(tmp_path / "bad.engine"))  # fmt: skip
+    assert r.returncode == 1 and "not valid JSON or YAML" in r.stderr
+    assert not (tmp_path / "bad.engine").exists()
+
+
 def test_config_example_targets_validate():
     """The commented target examples of config.yaml are valid once uncommented."""
     import yaml

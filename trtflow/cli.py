@@ -193,8 +193,9 @@ def stage_arguments(stage: Stage, ns: argparse.Namespace) -> dict[str, Any]:
 
 def load_configs(paths: Sequence[str | Path]) -> dict[str, Any]:
     """Config files merged in order (later keys win, mappings merged), as Snakemake merges
-    ``configfile:`` and ``--configfile``, then validated."""
-    from trtflow.core.config import read_yaml, validate_config
+    ``configfile:`` and ``--configfile``, then the ``KEY=VALUE`` items (Snakemake's ``--config``
+    overrides; VALUE JSON or YAML) merged over them, then validated."""
+    from trtflow.core.config import config_override, read_yaml, validate_config
 
     def merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(a)
@@ -204,9 +205,14 @@ def load_configs(paths: Sequence[str | Path]) -> dict[str, Any]:
         return out
 
     merged: dict[str, Any] = {}
-    for path in paths:
-        merged = merge(merged, read_yaml(path) or {})
-    return validate_config(merged, source=", ".join(map(str, paths)))
+    overrides: dict[str, Any] = {}
+    for item in map(str, paths):
+        override = config_override(item)
+        if override is None:
+            merged = merge(merged, read_yaml(item) or {})
+        else:
+            overrides = merge(overrides, dict([override]))
+    return validate_config(merge(merged, overrides), source=", ".join(map(str, paths)))
 
 
 def resolve_target(stage: Stage, kwargs: dict[str, Any]) -> dict[str, Any]:

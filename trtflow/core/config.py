@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -301,19 +302,48 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return validate_config(raw, source=str(path))
 
 
-#: Environment variable naming the config files Snakemake merged (rules/common.smk sets it):
-#: the engine stages' reproduce commands pass them as --config. An environment variable, not a
-#: rule param, so naming the same settings in another file rebuilds nothing.
+#: Environment variable naming the config files Snakemake merged and its ``--config KEY=VALUE``
+#: overrides (rules/common.smk sets it): the engine stages' reproduce commands pass them as
+#: --config. An environment variable, not a rule param, so naming the same settings in another
+#: file rebuilds nothing.
 CONFIG_FILES_ENV = "TRTFLOW_CONFIG_FILES"
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_][\w-]*$")  # Snakemake's --config key rule
 
 
-def publish_config_files(files: list[str]) -> None:
-    """Tell this process's jobs which config files were merged (local jobs inherit the
-    environment; cluster/remote jobs parse the Snakefile again and set it themselves)."""
-    os.environ[CONFIG_FILES_ENV] = os.pathsep.join(files)
+def publish_config_files(files: list[str], overrides: dict[str, Any] | None = None) -> None:
+    """Tell this process's jobs which config files were merged and which top-level keys
+    ``--config`` overrode (local jobs inherit the environment; cluster/remote jobs parse the
+    Snakefile again and set it themselves). Each override becomes one ``KEY=<JSON>`` item."""
+    items = [
+        *files,
+        *(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in (overrides or {}).items()),
+    ]
+    os.environ[CONFIG_FILES_ENV] = json.dumps(items)
 
 
 def published_config_files() -> list[str]:
-    """The config files ``publish_config_files`` named (empty outside a workflow)."""
+    """The ``--config`` items ``publish_config_files`` named: files, then ``KEY=<JSON>``
+    overrides (empty outside a workflow)."""
     value = os.environ.get(CONFIG_FILES_ENV, "")
-    return value.split(os.pathsep) if value else []
+    if not value:
+        return []
+    try:
+        items = json.loads(value)
+    except ValueError:  # the form before overrides were recorded: files joined by os.pathsep
+        return value.split(os.pathsep)
+    return [str(i) for i in items]
+
+
+def config_override(item: str) -> tuple[str, Any] | None:
+    """``KEY=VALUE`` (VALUE JSON or YAML, as ``published_config_files`` writes it) ->
+    ``(key, value)``; None for a config file's path."""
+    key, eq, value = item.partition("=")
+    if not eq or not _OVERRIDE_KEY.match(key) or Path(item).exists():
+        return None
+    try:
+        return key, yaml.load(value, Loader=_SafeLoader) if value else None
+    except yaml.YAMLError as exc:
+        raise TrtflowError(
+            f"--config {item}: the value of {key} is not valid JSON or YAML ({exc})",
+            f"quote it for the shell, e.g. --config '{key}={{\"a\": 1}}'",
+        ) from None

@@ -132,7 +132,8 @@ def build_engine(
     int8 (and best) need a calibration cache or a Q/DQ ONNX (then that ONNX is built).
     TensorRT-RTX targets build fp16 from ``fp16_onnx`` (strongly typed: no fp16 flag).
     The timing cache is per target, shared by its builds, updated after each one.
-    ``config``: the config file(s) that define ``target`` (for the manifest's command).
+    ``config``: the config file(s) that define ``target``, then any ``KEY=VALUE`` overrides
+    (Snakemake's ``--config``; VALUE JSON) — for the manifest's command.
     """
     started = time.time()
     t = Target.of(target, spec)
