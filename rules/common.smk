@@ -26,6 +26,7 @@ try:
     _validated = validate_config(
         dict(config),
         source=", ".join(str(f) for f in workflow.configfiles) or "config",
+        overridden=set(workflow.config_settings.overwrite_config),
     )
 except TrtflowError as exc:
     raise WorkflowError(str(exc)) from None

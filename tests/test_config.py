@@ -181,3 +181,17 @@ def test_a_config_validated_once_skips_jsonschema_next_time(tmp_path, monkeypatc
     schema["properties"]["onnx"]["properties"]["opset"]["maximum"] = 16
     with pytest.raises(TrtflowError, match="<= 16"):
         validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), schema=schema)
+
+
+def test_a_bad_command_line_override_names_config_not_the_file(workdir):
+    """A mistake in a ``--config KEY=VALUE`` override is reported as coming from ``--config``
+    (not config.yaml), and a string where a number belongs says why: Snakemake reads every value
+    inside a mapping as a string."""
+    workdir.write_config(tiny_config())
+    proc = workdir.snakemake("-n", "--config", 'benchmark={"iterations": 3}', check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "--config benchmark=…: benchmark.iterations: '3' has the wrong type" in out, out[-2000:]
+    assert "use an integer" in out and "give this one in a --configfile" in out
+    proc = workdir.snakemake("-n", "--config", "precisions=[fp16]", check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]

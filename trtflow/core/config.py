@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Collection
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -57,6 +58,11 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return "".join(parts) or "<top level>"
 
 
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "true or false", "array": "a list", "object": "a mapping",
+               "null": "null"}  # fmt: skip
+
+
 def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
     """Return (what is wrong, how to fix it) for one schema violation."""
     v, val, schema = error.validator, error.validator_value, error.schema
@@ -84,7 +90,8 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
         return (f"{error.instance!r} is out of range", f"use a value {op} {val}{hint}")
     if v == "type":
-        return (f"{error.instance!r} has the wrong type", f"use a {val}{hint}")
+        kinds = " or ".join(_TYPE_NAMES.get(t, t) for t in ([val] if isinstance(val, str) else val))
+        return (f"{error.instance!r} has the wrong type", f"use {kinds}{hint}")
     if v == "required":
         return (error.message, f"add the key{hint}")
     if v == "oneOf":
@@ -168,16 +175,21 @@ def _remember_valid(digest: str) -> None:
 
 
 def validate_config(
-    config: dict[str, Any], source: str = "config", schema: dict[str, Any] | None = None
+    config: dict[str, Any],
+    source: str = "config",
+    schema: dict[str, Any] | None = None,
+    overridden: Collection[str] = (),
 ) -> dict[str, Any]:
     """Validate ``config`` and return a copy with every default filled in.
 
     Raises TrtflowError naming the first offending key (``<source>: models.x.image_sizes[0]: …``).
+    ``overridden``: top-level keys that Snakemake's ``--config KEY=VALUE`` set; a mistake under
+    one of them names ``--config KEY=…`` as its source, not the config files.
     """
     schema = schema or load_schema()
     digest = _digest(config, schema)
     if digest not in _valid_digests():
-        _check_schema(config, source, schema)
+        _check_schema(config, source, schema, overridden)
         _remember_valid(digest)
     out = copy.deepcopy(config)
     _set_defaults(out, schema, schema)
@@ -185,7 +197,9 @@ def validate_config(
     return out
 
 
-def _check_schema(config: dict[str, Any], source: str, schema: dict[str, Any]) -> None:
+def _check_schema(
+    config: dict[str, Any], source: str, schema: dict[str, Any], overridden: Collection[str] = ()
+) -> None:
     """Raise TrtflowError for the first schema violation of ``config``, if any."""
     import jsonschema
 
@@ -200,6 +214,14 @@ def _check_schema(config: dict[str, Any], source: str, schema: dict[str, Any]) -
         if one_of is not None and one_of.validator == "oneOf":
             options = [_alternative(sub, schema) for sub in one_of.validator_value]
             what, fix = f"{one_of.instance!r} is not valid", "use " + " or ".join(options)
+        top = next(iter(best.absolute_path), None)
+        if top in overridden:
+            source = f"--config {top}=…"
+            if best.validator == "type" and isinstance(best.instance, str):
+                fix += (
+                    "; Snakemake's --config reads every value inside a mapping or a list as "
+                    "a string: give this one in a --configfile instead"
+                )
         raise TrtflowError(f"{source}: {_key_path(best)}: {what}", fix)
 
 
