@@ -96,6 +96,39 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
+def report_commands(results: Path, part: str) -> dict[str, Path]:
+    """The JSON reports under ``results`` (one per ``trtflow`` command, path containing the
+    folder ``part``) that record the line that wrote them: command name -> report."""
+    import json
+    import shlex
+
+    found: dict[str, Path] = {}
+    for path in sorted(results.rglob("*.json")):
+        if part not in path.parts or path.name.endswith(".manifest.json"):
+            continue
+        command = json.loads(path.read_text()).get("command")
+        if isinstance(command, str) and command.startswith("trtflow "):
+            found.setdefault(shlex.split(command)[1], path)
+    return found
+
+
+def reproduce_report(workdir: Path, report: Path, out: Path, same: tuple[str, ...]) -> None:
+    """Run a JSON report's ``command`` from ``workdir`` with --out moved under ``out``: the new
+    report records the line that was run, has the same fields, and the same values of ``same``
+    (a verdict; timings are new measurements)."""
+    import json
+    import shlex
+
+    old = json.loads(report.read_text())
+    _, artifact, argv = reproduce(workdir, report, out)
+    written = artifact / report.name if artifact.is_dir() else artifact
+    new = json.loads(written.read_text())
+    assert shlex.split(new["command"]) == argv, report
+    assert set(new) == set(old), (report, set(new) ^ set(old))
+    for key in same:
+        assert new[key] == old[key], (report, key)
+
+
 def reproduce(workdir: Path, manifest: Path, out: Path) -> tuple[dict, Path, list[str]]:
     """Run the ``command`` a manifest records, from ``workdir``, with its written paths moved
     under ``out``: (the manifest, the new artifact, the argv run)."""

@@ -626,6 +626,13 @@ def test_cli_engine_commands(tmp_path):
 
     r = cli("preflight", "--onnx", str(onnx_path), "--tensorrt", "8.2.1", "--dynamic")
     assert r.returncode == 0, r.stderr
+    # with --out, the report records the line that writes it again
+    from conftest import reproduce_report
+
+    pre = tmp_path / "pre" / "preflight.json"
+    r = cli("preflight", "--onnx", str(onnx_path), "--tensorrt", "8.2.1", "--out", str(pre))
+    assert r.returncode == 0, r.stderr
+    reproduce_report(REPO, pre, tmp_path / "again", ("ok", "findings", "onnx_sha256"))
     engine = tmp_path / "e.engine"
     r = cli(
         "build-engine",

@@ -83,6 +83,13 @@ def test_snakemake_int8_end_to_end(tmp_path):
     for i, path in enumerate(manifests):
         man, artifact, _ = reproduce(wd, path, tmp_path / "again" / str(i))
         assert sha256_path(artifact) == man["sha256"], man["command"]
+    # and each report's command writes the same verdict again
+    from conftest import report_commands, reproduce_report
+
+    reports = report_commands(res, "toy")
+    assert {"int8-gate", "benchmark-int8"} <= set(reports), reports
+    reproduce_report(wd, reports["int8-gate"], tmp_path / "gate", ("ok", "errors", "images"))
+    reproduce_report(wd, reports["benchmark-int8"], tmp_path / "bench", ("batch", "threads"))
 
 
 def test_bad_calibration_folder_fails_the_job_cleanly(tmp_path):

@@ -159,6 +159,21 @@ def test_every_manifest_command_reproduces_its_artifact(built, tmp_path):
             assert sha256_path(artifact) == man["sha256"], stage
 
 
+def test_every_report_command_writes_its_report_again(built, tmp_path):
+    """The JSON reports (parity, the ONNX benchmarks) record the ``trtflow`` line that wrote
+    them, like the manifests: run from the zoo with --out moved it writes the same verdict
+    again (the INT8 reports: test_int8_workflow)."""
+    from conftest import report_commands, reproduce_report
+
+    wd, _ = built
+    reports = report_commands(wd.path / "results", "tiny-a")
+    assert set(reports) == {"parity", "benchmark"}
+    reproduce_report(wd.path, reports["parity"], tmp_path / "parity",
+                     ("ok", "raw_vs_tf", "patched_vs_tf", "max_rel"))  # fmt: skip
+    reproduce_report(wd.path, reports["benchmark"], tmp_path / "benchmark",
+                     ("batch", "threads", "iterations", "onnx"))  # fmt: skip
+
+
 # ---------------------------------------------------------------- the report (README "Report")
 def _report(wd) -> tuple[str, dict]:
     """`snakemake --report report.html` in the zoo: the page and its results' JSON."""

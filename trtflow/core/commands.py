@@ -283,6 +283,18 @@ def stage_command(command: str, **arguments: Any) -> list[str]:
     return argv
 
 
+def report_command(command: str, arguments: Mapping[str, Any]) -> str:
+    """The ``trtflow <command> …`` line that writes a stage's JSON report again, from the stage
+    function's own arguments (``dict(locals())`` as its first statement); those that are not
+    flags of ``command`` (the workflow's ``enforce``) are left out."""
+    from trtflow.core.manifest import command_line
+
+    names = {p.name for p in cli_parameters(BY_COMMAND[command])}
+    return command_line(
+        stage_command(command, **{k: v for k, v in arguments.items() if k in names})
+    )
+
+
 def out_flags(stage: Stage) -> list[str]:
     """The flags that name written paths (tests redirect them)."""
     return [stage.flag(p) for p in stage.outputs]

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import report_command
 from trtflow.core.cpu import cpu_info
 from trtflow.core.manifest import write_json
 from trtflow.core.stats import percentiles
@@ -24,7 +25,7 @@ def benchmark_onnx(
     threads: int = 0,
 ) -> dict[str, Any]:
     """Time ONNX Runtime on CPU; EfficientNMS_TRT graphs are timed before the plugin."""
-
+    arguments = dict(locals())  # for the report's command
     from trtflow.onnx.plugins import has_nms, strip_nms
 
     model = load_onnx(onnx_path)
@@ -47,6 +48,7 @@ def benchmark_onnx(
         **stats,
         "throughput_ips": batch * 1e3 / stats["mean_ms"],
         "latencies_ms": [round(v, 4) for v in lat],
+        "command": report_command("benchmark", arguments),
     }
     log.info(
         "%s b%d: p50 %.2f ms p90 %.2f ms p99 %.2f ms, %.1f img/s",

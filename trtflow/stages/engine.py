@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from trtflow.core.commands import stage_command
+from trtflow.core.commands import report_command, stage_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import read_json, sha256_path, write_json, write_manifest
 from trtflow.onnx.io import input_contract, load_onnx
@@ -50,7 +50,7 @@ def preflight(
     checked by the real parser alone, which is theirs; other targets get the static tables and,
     where TensorRT-RTX is installed, its parser as well.
     """
-
+    arguments = dict(locals())  # for the report's command
     started = time.time()
     parse_version(tensorrt)
     kind = backend_class(backend)
@@ -74,6 +74,7 @@ def preflight(
         "ok": not errors,
         "findings": [asdict(f) for f in findings],
         "seconds": round(time.time() - started, 3),
+        "command": report_command("preflight", arguments) if out_json else None,
     }
     for f in findings:
         (log.error if f.severity == "error" else log.warning)("%s", f.line())

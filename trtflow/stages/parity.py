@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trtflow.core.commands import report_command
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import read_json, write_json
 from trtflow.onnx.compare import box_scale, errors, field_errors, make_inputs, split_detections
@@ -40,7 +41,7 @@ def check_parity(
     scores), since ONNX Runtime cannot run TensorRT plugins. A source with normalised xywh is
     scaled to pixels before comparing with a patched graph that has denormalize_boxes.
     """
-
+    arguments = dict(locals())  # for the report's command
     from trtflow.onnx.plugins import strip_nms
     from trtflow.tf.discover import recorded
     from trtflow.tf.graph import FrozenGraphRunner
@@ -118,5 +119,6 @@ def check_parity(
         )
     for f in report["failures"]:
         log.warning("parity FAILED (written as the verdict; check_gates fails the run): %s", f)
+    report["command"] = report_command("parity", arguments)
     write_json(out_json, report)
     return report

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from trtflow.core.commands import report_command
 from trtflow.core.manifest import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def render_pictures(
     threads: int = 0,
 ) -> dict[str, Any]:
     """Write ``out_dir/val_<id>.png`` for the first ``count`` labelled images (atomically)."""
+    arguments = dict(locals())  # for the report's command
     from PIL import Image
 
     from trtflow.images.detections import postprocess, split_outputs
@@ -108,7 +110,8 @@ def render_pictures(
         report = {"stage": "render_pictures", "images": [im["file"] for im in used],
                   "detections": counts, "score_threshold": score_threshold,
                   "pb": str(pb), "fp32": str(fp32_onnx), "int8": str(int8_onnx),
-                  "seconds": round(time.time() - started, 3)}  # fmt: skip
+                  "seconds": round(time.time() - started, 3),
+                  "command": report_command("pictures", arguments)}  # fmt: skip
         write_json(tmp / "pictures.json", report)
     log.info("%d pictures (labels | TF | ONNX fp32 | ONNX INT8) -> %s", len(used), out_dir)
     return report

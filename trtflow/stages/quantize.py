@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trtflow.core.commands import stage_command
+from trtflow.core.commands import report_command, stage_command
 from trtflow.core.cpu import cpu_label
 from trtflow.core.errors import TrtflowError
 from trtflow.core.manifest import (
@@ -170,6 +170,7 @@ def check_int8_accuracy(
     With ``enforce=False`` (the workflow's check_int8_accuracy) a failed gate is written as the
     verdict (``ok: false`` and its ``failures``) instead; check_gates raises later.
     """
+    arguments = dict(locals())  # for the report's command
     from trtflow.images.io import load_array
 
     started = time.time()
@@ -234,6 +235,7 @@ def check_int8_accuracy(
         )
     for f in failures:
         log.warning("INT8 gate FAILED (written as the verdict; check_gates fails the run): %s", f)
+    report["command"] = report_command("int8-gate", arguments)
     write_json(out_json, report)
     return report
 
@@ -249,7 +251,9 @@ def benchmark_int8(
 ) -> dict[str, Any]:
     """Time the INT8 ONNX against the fp32 ONNX on the CPU (one job, side by side), logged and
     written to ``out_json``."""
+    arguments = dict(locals())  # for the report's command
     report = compare_speed(fp32_onnx, int8_onnx, batch, warmup, iterations, threads)
+    report["command"] = report_command("benchmark-int8", arguments)
     for act, probe in report["int8_kernel_probes"].items():
         log.info(
             "int8 kernels for %s activations on %s: %s, %s (max error %d output steps)",
