@@ -133,6 +133,20 @@ def test_nothing_reruns_without_a_change(run):
     assert "Nothing to be done" in _snakemake(code, workdir, "all", "-n", "--nolock")
 
 
+def test_report_commands_of_the_full_zoo_write_their_reports_again(run, tmp_path):
+    """The reports only this zoo makes (the pictures of the labelled set, the engine preflight,
+    the INT8 gate on built-in labels) rerun from their recorded command, with --out moved, to
+    the same verdict."""
+    from conftest import report_commands, reproduce_report
+
+    _, workdir, _ = run
+    reports = report_commands(workdir / "results", "tiny")
+    assert {"pictures", "preflight", "int8-gate"} <= set(reports), sorted(reports)
+    reproduce_report(workdir, reports["pictures"], tmp_path / "pictures", ("images", "detections"))
+    reproduce_report(workdir, reports["preflight"], tmp_path / "preflight", ("ok", "findings"))
+    reproduce_report(workdir, reports["int8-gate"], tmp_path / "gate", ("ok", "errors", "labelled"))
+
+
 def test_each_module_edit_reruns_exactly_the_rules_that_run_it(run, tmp_path):
     code, workdir, rule_of = run
     ran = set(rule_of.values())
