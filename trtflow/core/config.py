@@ -110,9 +110,7 @@ def _alternative(sub: dict[str, Any], root: dict[str, Any]) -> str:
         return " or ".join(map(str, sub["enum"]))
     if "const" in sub:
         return str(sub["const"])
-    kind = {"integer": "an integer", "number": "a number", "string": "a string"}.get(
-        sub.get("type", ""), "a value"
-    )
+    kind = _TYPE_NAMES.get(sub.get("type", ""), "a value")
     bounds = [f">= {sub['minimum']}" if "minimum" in sub else "",
               f"<= {sub['maximum']}" if "maximum" in sub else ""]  # fmt: skip
     return " ".join([kind, " and ".join(b for b in bounds if b)]).strip()
@@ -162,9 +160,10 @@ def _valid_digests() -> list[str]:
     return [d for d in data if isinstance(d, str)] if isinstance(data, list) else []
 
 
-def _remember_valid(digest: str) -> None:
-    """Add ``digest`` to the cache file (atomic replace; a read-only install just skips it)."""
-    known = [d for d in _valid_digests() if d != digest][-(_VALID_KEEP - 1) :] + [digest]
+def _remember_valid(digest: str, known: list[str]) -> None:
+    """Write ``known`` (the cache as read) plus ``digest`` to the cache file (atomic replace; a
+    read-only install just skips it)."""
+    known = [d for d in known if d != digest][-(_VALID_KEEP - 1) :] + [digest]
     tmp = VALID_CACHE.with_name(f".{VALID_CACHE.name}.tmp-{os.getpid()}")
     try:
         VALID_CACHE.parent.mkdir(exist_ok=True)
@@ -187,10 +186,10 @@ def validate_config(
     one of them names ``--config KEY=…`` as its source, not the config files.
     """
     schema = schema or load_schema()
-    digest = _digest(config, schema)
-    if digest not in _valid_digests():
+    digest, known = _digest(config, schema), _valid_digests()
+    if digest not in known:
         _check_schema(config, source, schema, overridden)
-        _remember_valid(digest)
+        _remember_valid(digest, known)
     out = copy.deepcopy(config)
     _set_defaults(out, schema, schema)
     check_cross_fields(out, source)
