@@ -346,13 +346,7 @@ def published_config_files() -> list[str]:
     """The ``--config`` items ``publish_config_files`` named: files, then ``KEY=<JSON>``
     overrides (empty outside a workflow)."""
     value = os.environ.get(CONFIG_FILES_ENV, "")
-    if not value:
-        return []
-    try:
-        items = json.loads(value)
-    except ValueError:  # the form before overrides were recorded: files joined by os.pathsep
-        return value.split(os.pathsep)
-    return [str(i) for i in items]
+    return [str(i) for i in json.loads(value)] if value else []
 
 
 def config_override(item: str) -> tuple[str, Any] | None:
